@@ -1,0 +1,224 @@
+"""The one caption search, used by the CLI, evaluation, validation during training and the server.
+
+Three methods, all batched over images: ``greedy``, ``beam`` (vectorised over images × beams, n-best with
+log-probabilities, length normalisation) and ``sample`` (temperature, top-k). Generation never emits ``<pad>``,
+``<start>`` or ``<unk>``: their logits are masked, so a caption is always made of real words.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from captioner.decoder import Decoder, State, reorder_state
+from captioner.vocab import Vocabulary
+
+METHODS = ("greedy", "beam", "sample")
+
+
+@dataclass
+class GenerationConfig:
+    """How to search.
+
+    Attributes:
+        method: ``greedy``, ``beam`` or ``sample``.
+        beam_size: beams per image (``beam``); 1 gives the greedy result.
+        max_length: maximum generated tokens, ``<end>`` included.
+        length_penalty: beams are ranked by ``log_prob / length ** length_penalty`` (0: plain log-probability).
+        n_best: hypotheses returned per image (at most ``beam_size`` for beam search, else 1).
+        temperature: logits are divided by this before sampling.
+        top_k: sample only among the k most likely tokens (0: all).
+        seed: seed for sampling (None: torch's global generator).
+    """
+
+    method: str = "beam"
+    beam_size: int = 3
+    max_length: int = 20
+    length_penalty: float = 0.0
+    n_best: int = 1
+    temperature: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.beam_size < 1 or self.max_length < 1 or self.n_best < 1:
+            raise ValueError("beam_size, max_length and n_best must be at least 1")
+        if self.method == "beam" and self.n_best > self.beam_size:
+            raise ValueError(f"n_best ({self.n_best}) cannot exceed beam_size ({self.beam_size})")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+
+
+@dataclass
+class Hypothesis:
+    """One generated caption.
+
+    Attributes:
+        tokens: generated ids, without ``<start>`` and ``<end>``.
+        log_prob: sum of the log-probabilities of the tokens, ``<end>`` included when emitted.
+        score: the ranking score (``log_prob`` with the length penalty applied).
+        finished: True when the caption ended with ``<end>`` (False: cut at ``max_length``).
+    """
+
+    tokens: list[int]
+    log_prob: float
+    score: float
+    finished: bool
+
+
+@torch.inference_mode()
+def generate(
+    decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, config: GenerationConfig | None = None
+) -> list[list[Hypothesis]]:
+    """Caption a batch of image vectors.
+
+    Args:
+        decoder: the trained decoder (put in eval mode by the caller).
+        features: image vectors ``(B, D)``.
+        vocab: the vocabulary (for the special-token ids).
+        config: search settings (default: beam search, beam 3).
+
+    Returns:
+        For each image, its hypotheses best first (``n_best`` of them).
+    """
+    config = config or GenerationConfig()
+    if features.shape[0] == 0:
+        return []
+    if config.method == "beam":
+        return _beam_search(decoder, features, vocab, config)
+    return _left_to_right(decoder, features, vocab, config)
+
+
+def _log_probs(logits: torch.Tensor, vocab: Vocabulary, temperature: float = 1.0) -> torch.Tensor:
+    """Log-softmax over the vocabulary with ``<pad> <start> <unk>`` masked out: ``(N, V)`` → ``(N, V)``."""
+    logits = logits.float() / temperature
+    logits[:, [vocab.pad_id, vocab.start_id, vocab.unk_id]] = float("-inf")
+    return torch.log_softmax(logits, dim=-1)
+
+
+def _length_score(log_prob: torch.Tensor, length: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Length-normalised score ``log_prob / length ** penalty`` (lengths count ``<end>``)."""
+    if penalty == 0:
+        return log_prob
+    return log_prob / length.clamp(min=1).float().pow(penalty)
+
+
+def _left_to_right(
+    decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, config: GenerationConfig
+) -> list[list[Hypothesis]]:
+    """Greedy decoding or sampling: one token per image per step."""
+    batch = features.shape[0]
+    image, state = decoder.start(features)
+    tokens = torch.full((batch,), vocab.start_id, dtype=torch.long, device=features.device)
+    done = torch.zeros(batch, dtype=torch.bool, device=features.device)
+    total = torch.zeros(batch, device=features.device)
+    out = torch.full((batch, config.max_length), vocab.pad_id, dtype=torch.long, device=features.device)
+    generator = _generator(config, features.device)
+    for t in range(config.max_length):
+        logits, state = decoder.step(tokens, image, state)
+        logp = _log_probs(logits, vocab)  # (B, V)
+        if config.method == "sample":
+            tokens = _sample(logits, vocab, config, generator)
+        else:
+            tokens = logp.argmax(dim=-1)
+        tokens = tokens.masked_fill(done, vocab.pad_id)
+        total += logp.gather(1, tokens.unsqueeze(1)).squeeze(1).masked_fill(done, 0.0)
+        out[:, t] = tokens
+        done |= tokens == vocab.end_id
+        if bool(done.all()):
+            break
+    return [[_hypothesis(row, float(lp), config.length_penalty, vocab)] for row, lp in zip(out.tolist(), total)]
+
+
+def _generator(config: GenerationConfig, device: torch.device) -> torch.Generator | None:
+    if config.method != "sample" or config.seed is None:
+        return None
+    gen = torch.Generator(device=device)
+    gen.manual_seed(config.seed)
+    return gen
+
+
+def _sample(
+    logits: torch.Tensor, vocab: Vocabulary, config: GenerationConfig, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Draw one token per row from the tempered, top-k-filtered distribution: ``(B, V)`` → ``(B,)``."""
+    logp = _log_probs(logits, vocab, config.temperature)
+    if 0 < config.top_k < logp.shape[1]:
+        kth = logp.topk(config.top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logp = logp.masked_fill(logp < kth, float("-inf"))
+    return torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
+
+
+def _hypothesis(row: list[int], log_prob: float, penalty: float, vocab: Vocabulary) -> Hypothesis:
+    """Cut a generated row at ``<end>`` and wrap it."""
+    finished = vocab.end_id in row
+    tokens = row[: row.index(vocab.end_id)] if finished else [t for t in row if t != vocab.pad_id]
+    length = torch.tensor(len(tokens) + int(finished))
+    score = float(_length_score(torch.tensor(log_prob), length, penalty))
+    return Hypothesis(tokens=tokens, log_prob=log_prob, score=score, finished=finished)
+
+
+def _beam_search(
+    decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, config: GenerationConfig
+) -> list[list[Hypothesis]]:
+    """Beam search over all images × beams at once.
+
+    Finished beams stay in their slot with a frozen score (they are extended with ``<pad>`` at log-probability 0),
+    so the tensors keep the shape ``(B * K, ...)`` and no Python loop runs over beams.
+    """
+    batch, k, device = features.shape[0], config.beam_size, features.device
+    image, state = decoder.start(features)
+    image = image.repeat_interleave(k, dim=0) if image is not None else None  # (B*K, P)
+    state = _expand_state(state, k)
+    scores = torch.full((batch, k), float("-inf"), device=device)
+    scores[:, 0] = 0.0  # all beams start identical: only the first may expand at step 0
+    tokens = torch.full((batch * k,), vocab.start_id, dtype=torch.long, device=device)
+    history = torch.empty((batch * k, 0), dtype=torch.long, device=device)
+    done = torch.zeros(batch * k, dtype=torch.bool, device=device)
+    offsets = (torch.arange(batch, device=device) * k).unsqueeze(1)  # (B, 1)
+    for _ in range(config.max_length):
+        logits, state = decoder.step(tokens, image, state)
+        logp = _log_probs(logits, vocab)  # (B*K, V)
+        logp[done] = float("-inf")
+        logp[done, vocab.pad_id] = 0.0  # a finished beam continues only with <pad>, at no cost
+        vocab_size = logp.shape[1]
+        candidates = (scores.view(-1, 1) + logp).view(batch, k * vocab_size)  # (B, K*V)
+        scores, flat = candidates.topk(k, dim=1)  # (B, K)
+        parent = (flat // vocab_size + offsets).view(-1)  # (B*K,) rows of the previous step
+        tokens = (flat % vocab_size).view(-1)  # (B*K,)
+        history = torch.cat([history.index_select(0, parent), tokens.unsqueeze(1)], dim=1)  # (B*K, t)
+        state = reorder_state(state, parent) if state is not None else None
+        done = done.index_select(0, parent) | (tokens == vocab.end_id)
+        if bool(done.all()):
+            break
+    return _collect_beams(history, scores, done, vocab, config)
+
+
+def _expand_state(state: State | None, k: int) -> State | None:
+    """Repeat each image's initial state for its k beams: ``(L, B, H)`` → ``(L, B*K, H)``."""
+    if state is None:
+        return None
+    if isinstance(state, tuple):
+        return tuple(s.repeat_interleave(k, dim=1) for s in state)  # type: ignore[return-value]
+    return state.repeat_interleave(k, dim=1)
+
+
+def _collect_beams(
+    history: torch.Tensor, scores: torch.Tensor, done: torch.Tensor, vocab: Vocabulary, config: GenerationConfig
+) -> list[list[Hypothesis]]:
+    """Rank each image's beams by the length-normalised score and keep the n best."""
+    batch, k = scores.shape
+    lengths = (history != vocab.pad_id).sum(dim=1).view(batch, k)  # (B, K), <end> included
+    ranked = _length_score(scores, lengths, config.length_penalty)  # (B, K)
+    ranked = ranked.masked_fill(torch.isinf(scores), float("-inf"))
+    order = ranked.argsort(dim=1, descending=True)[:, : config.n_best]  # (B, n)
+    rows, log_probs = history.tolist(), scores.tolist()
+    results = []
+    for b, beams in enumerate(order.tolist()):
+        results.append(
+            [_hypothesis(rows[b * k + j], log_probs[b][j], config.length_penalty, vocab) for j in beams]
+        )
+    return results

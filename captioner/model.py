@@ -1,0 +1,182 @@
+"""``Captioner``: encoder + decoder + vocabulary, saved and loaded as one directory.
+
+A model directory holds ``model.safetensors`` (decoder weights, plus encoder weights when the encoder was
+fine-tuned), ``config.json`` (:class:`captioner.config.ModelConfig`), ``vocab.json`` and a ``README.md`` model card.
+Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import nn
+
+from captioner import encoders
+from captioner.config import ModelConfig, from_json, to_json
+from captioner.decoder import Decoder
+from captioner.generate import GenerationConfig, Hypothesis, generate
+from captioner.vocab import Vocabulary
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_DIR = Path(__file__).parent / "pretrained" / "default"
+MODEL_FILES = ("model.safetensors", "config.json", "vocab.json")
+
+
+class ModelLoadError(RuntimeError):
+    """A model directory is missing or incomplete; the message names the path."""
+
+
+def resolve_model_dir(name_or_dir: str | Path | None) -> Path:
+    """``None`` or ``"default"`` → the embedded default model; anything else is a directory path."""
+    if name_or_dir is None or str(name_or_dir) == "default":
+        return DEFAULT_MODEL_DIR
+    return Path(name_or_dir)
+
+
+class Captioner(nn.Module):
+    """An image-captioning model.
+
+    Args:
+        config: the model configuration.
+        vocab: its vocabulary (``len(vocab) == config.vocab_size``).
+        encoder: an already built encoder; None builds it from ``config.encoder`` on first use.
+    """
+
+    def __init__(self, config: ModelConfig, vocab: Vocabulary, encoder: encoders.ImageEncoder | None = None) -> None:
+        super().__init__()
+        if len(vocab) != config.vocab_size:
+            raise ValueError(f"vocabulary has {len(vocab)} tokens but config.vocab_size is {config.vocab_size}")
+        self.config = config
+        self.vocab = vocab
+        self.decoder = Decoder(config)
+        self._encoder = encoder
+        self._transform = None
+
+    @property
+    def encoder(self) -> encoders.ImageEncoder:
+        """The image encoder, built (with its pretrained weights) the first time it is needed."""
+        if self._encoder is None:
+            enc = encoders.build_encoder(self.config.encoder, pretrained=True)
+            self._encoder = enc.to(self.device).to(memory_format=torch.channels_last)
+        return self._encoder
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.head.weight.device
+
+    @property
+    def transform(self):
+        """PIL image → normalised tensor ``(3, H, W)``, as recorded in ``config.preprocess``."""
+        if self._transform is None:
+            self._transform = encoders.make_transform(self.config.preprocess)
+        return self._transform
+
+    @torch.inference_mode()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Image vectors for preprocessed images: ``(B, 3, H, W)`` → ``(B, D)`` (float32)."""
+        enc = self.encoder.eval()
+        pixels = pixels.to(self.device).contiguous(memory_format=torch.channels_last)
+        return enc(pixels).float()
+
+    def caption_features(self, features: torch.Tensor, config: GenerationConfig | None = None) -> list[list[Hypothesis]]:
+        """Search captions for image vectors ``(B, D)``; see :func:`captioner.generate.generate`."""
+        self.decoder.eval()
+        return generate(self.decoder, features.to(self.device), self.vocab, config)
+
+    def caption(self, images: Sequence[Image.Image], config: GenerationConfig | None = None) -> list[str]:
+        """Caption RGB PIL images (best hypothesis each)."""
+        if not images:
+            return []
+        pixels = torch.stack([self.transform(img) for img in images])  # (B, 3, H, W)
+        hyps = self.caption_features(self.encode(pixels), config)
+        return [self.vocab.decode(h[0].tokens) for h in hyps]
+
+    # --- persistence -------------------------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | Path, card: str | None = None, half: bool = False) -> None:
+        """Write the model directory atomically (a half-written directory never replaces a good one).
+
+        Args:
+            directory: destination; replaced if it exists.
+            card: model-card markdown for ``README.md`` (None keeps a short generated card).
+            half: store floating-point weights as float16 (smaller; loading converts back to float32).
+        """
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it private; a model directory is meant to be shared
+        try:
+            state = self._weights_to_save(half)
+            save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            to_json(self.config, tmp / "config.json")
+            self.vocab.save(tmp / "vocab.json")
+            (tmp / "README.md").write_text(card or _default_card(self.config), encoding="utf-8")
+            _replace_dir(tmp, directory)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _weights_to_save(self, half: bool) -> dict[str, torch.Tensor]:
+        state = {f"decoder.{k}": v for k, v in self.decoder.state_dict().items()}
+        if self.config.encoder_weights_in_file:
+            state.update({f"encoder.{k}": v for k, v in self.encoder.state_dict().items()})
+        out = {}
+        for key, value in state.items():
+            value = value.detach().cpu()
+            out[key] = value.half() if half and value.is_floating_point() else value.contiguous()
+        return out
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path | None = None, device: str | torch.device = "cpu") -> Captioner:
+        """Load a model directory (None or ``"default"``: the embedded default model)."""
+        from safetensors.torch import load_file
+
+        directory = resolve_model_dir(directory)
+        missing = [name for name in MODEL_FILES if not (directory / name).is_file()]
+        if missing:
+            raise ModelLoadError(
+                f"{directory} is not a captioner model directory (missing {', '.join(missing)}); "
+                "pass a directory written by `captioner train` or Captioner.save_pretrained"
+            )
+        config = from_json(ModelConfig, directory / "config.json")
+        vocab = Vocabulary.load(directory / "vocab.json")
+        state = load_file(str(directory / "model.safetensors"))
+        encoder = None
+        if config.encoder_weights_in_file:
+            encoder = encoders.build_encoder(config.encoder, pretrained=False)
+            encoder.load_state_dict(_strip(state, "encoder."), strict=True)
+        model = cls(config, vocab, encoder)
+        model.decoder.load_state_dict({k: v.float() for k, v in _strip(state, "decoder.").items()}, strict=True)
+        return model.to(device).eval()
+
+
+def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move ``new`` to ``target``, replacing it; the old directory is removed only after the move."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _default_card(config: ModelConfig) -> str:
+    return (
+        "# captioner model\n\n"
+        f"Encoder `{config.encoder}`, {config.cell.upper()} decoder ({config.inject} image injection), "
+        f"hidden {config.hidden_dim}, vocabulary {config.vocab_size}.\n"
+    )
