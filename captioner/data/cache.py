@@ -1,0 +1,150 @@
+"""Memory-mapped cache of image vectors for frozen encoders.
+
+Each image is encoded once. Entries are keyed by the encoder's identity (name, weights, preprocessing) and by the
+SHA-256 of the image file's bytes, so renaming a file keeps its entry, editing it or changing the encoder or the
+preprocessing makes a new one. Layout under the cache root::
+
+    <root>/<sha256(encoder key)[:16]>/key.json       the full encoder key, for humans
+                                     /index.json     {file sha256: row}
+                                     /features.f32   float32 rows of width D (np.memmap)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    """``$CAPTIONER_CACHE`` or ``$XDG_CACHE_HOME/captioner`` (``~/.cache/captioner``), plus ``/features``."""
+    root = os.environ.get("CAPTIONER_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "captioner"
+    return Path(root) / "features"
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class FeatureCache:
+    """Image vectors of one encoder configuration, memory-mapped.
+
+    Args:
+        root: cache root directory (shared by all encoders).
+        key: identifies the encoder, its weights and its preprocessing.
+        dim: width of the vectors.
+    """
+
+    def __init__(self, root: str | Path, key: str, dim: int) -> None:
+        self.key, self.dim = key, dim
+        self.dir = Path(root) / hashlib.sha256(key.encode()).hexdigest()[:16]
+        self.dir.mkdir(parents=True, exist_ok=True)
+        key_file = self.dir / "key.json"
+        if not key_file.exists():
+            _atomic_write(key_file, json.dumps({"key": key, "dim": dim}, indent=2))
+        self._data = self.dir / "features.f32"
+        self._index_file = self.dir / "index.json"
+        self.index: dict[str, int] = self._read_index()
+
+    def _read_index(self) -> dict[str, int]:
+        if not self._index_file.exists():
+            return {}
+        try:
+            return {str(k): int(v) for k, v in json.loads(self._index_file.read_text()).items()}
+        except (ValueError, AttributeError):
+            logger.warning("feature cache index %s is corrupt; starting it again", self._index_file)
+            return {}
+
+    @contextmanager
+    def _locked(self):
+        with open(self.dir / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def add(self, hashes: Sequence[str], features: np.ndarray) -> None:
+        """Append vectors ``(N, D)`` for the given file hashes (appends, then publishes the index atomically)."""
+        features = np.ascontiguousarray(features, dtype=np.float32)
+        if features.shape != (len(hashes), self.dim):
+            raise ValueError(f"expected features of shape ({len(hashes)}, {self.dim}), got {features.shape}")
+        with self._locked():
+            self.index = self._read_index()
+            with open(self._data, "ab") as handle:
+                first = handle.tell() // (4 * self.dim)
+                handle.write(features.tobytes())
+                handle.flush()
+                os.fsync(handle.fileno())
+            self.index.update({h: first + i for i, h in enumerate(hashes)})
+            _atomic_write(self._index_file, json.dumps(self.index))
+
+    def get(self, hashes: Sequence[str]) -> np.ndarray:
+        """Vectors ``(N, D)`` for hashes that are all in the cache (a copy, not a view of the map)."""
+        rows = np.array([self.index[h] for h in hashes], dtype=np.int64)
+        if len(rows) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        table = np.memmap(self._data, dtype=np.float32, mode="r").reshape(-1, self.dim)  # (rows, D)
+        return np.asarray(table[rows])
+
+    def __contains__(self, digest: str) -> bool:
+        return digest in self.index
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def cached_features(
+    paths: Sequence[Path],
+    cache: FeatureCache | None,
+    encode_files: Callable[[Sequence[Path]], tuple[np.ndarray, dict[int, str]]],
+) -> tuple[np.ndarray, dict[int, str]]:
+    """Vectors for image files, encoding only those the cache lacks.
+
+    Args:
+        paths: image files.
+        cache: the cache (None: encode everything, store nothing).
+        encode_files: ``encode_files(paths) -> (features (M, D), {index: reason} for images that failed to load)``.
+
+    Returns:
+        ``(features (N, D), failures)``: rows of unreadable images (keys of ``failures``) are zeros.
+    """
+    if cache is None:
+        return encode_files(paths)
+    hashes = [_hash_or_none(p) for p in paths]
+    failures = {i: "cannot read file" for i, h in enumerate(hashes) if h is None}
+    todo = [i for i, h in enumerate(hashes) if h is not None and h not in cache]
+    if todo:
+        logger.info("encoding %d of %d images (the others are cached)", len(todo), len(paths))
+        new, failed = encode_files([paths[i] for i in todo])
+        ok = [j for j in range(len(todo)) if j not in failed]
+        cache.add([hashes[todo[j]] for j in ok], new[ok])
+        failures.update({todo[j]: reason for j, reason in failed.items()})
+    out = np.zeros((len(paths), cache.dim), dtype=np.float32)
+    good = [i for i in range(len(paths)) if i not in failures]
+    out[good] = cache.get([hashes[i] for i in good])
+    return out, dict(sorted(failures.items()))
+
+
+def _hash_or_none(path: Path) -> str | None:
+    try:
+        return file_sha256(path)
+    except OSError:
+        return None

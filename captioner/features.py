@@ -1,0 +1,102 @@
+"""Image files → image vectors with a model's encoder, through the feature cache when the encoder is frozen."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from captioner.data.cache import FeatureCache, cached_features, default_cache_dir
+from captioner.images import ImageLoadError, load_image
+from captioner.model import Captioner
+
+logger = logging.getLogger(__name__)
+
+
+class _ImageFiles(Dataset):
+    """Loads and preprocesses image files; an unreadable file yields its error text instead of a tensor."""
+
+    def __init__(self, paths: Sequence[Path], transform) -> None:
+        self.paths, self.transform = list(paths), transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
+        try:
+            return i, self.transform(load_image(self.paths[i])), ""
+        except ImageLoadError as err:
+            return i, None, str(err)
+
+
+def _collate(batch):
+    return batch
+
+
+def encode_files(
+    model: Captioner, paths: Sequence[Path], batch_size: int = 32, num_workers: int = 1, progress: bool = True
+) -> tuple[np.ndarray, dict[int, str]]:
+    """Encode image files with ``model``'s encoder.
+
+    Args:
+        model: supplies the encoder and its preprocessing.
+        paths: image files.
+        batch_size: images per forward pass.
+        num_workers: processes decoding images while the encoder runs (0: decode in this process).
+        progress: show a tqdm bar.
+
+    Returns:
+        ``(features (N, D), failures)`` where ``failures`` maps the index of each unreadable image to the reason;
+        those rows are zeros.
+    """
+    out = np.zeros((len(paths), model.config.encoder_dim), dtype=np.float32)
+    failures: dict[int, str] = {}
+    loader = DataLoader(
+        _ImageFiles(paths, model.transform),
+        batch_size=batch_size,
+        num_workers=num_workers if len(paths) > batch_size else 0,
+        collate_fn=_collate,
+    )
+    for batch in tqdm(loader, desc="encoding images", unit="batch", disable=not progress, leave=False):
+        failures.update({i: reason for i, _, reason in batch if reason})
+        good = [(i, pixels) for i, pixels, reason in batch if not reason]
+        if good:
+            index = [i for i, _ in good]
+            out[index] = model.encode(torch.stack([p for _, p in good])).cpu().numpy()
+    return out, failures
+
+
+def encoder_cache_key(model: Captioner) -> str:
+    """What makes two encoders give the same vectors: name, weights and preprocessing."""
+    from captioner.encoders import get_spec
+
+    spec = get_spec(model.config.encoder)
+    return f"{spec.name}|{spec.weights_id}|{model.config.preprocess.key()}"
+
+
+def image_features(
+    model: Captioner,
+    paths: Sequence[Path],
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> tuple[torch.Tensor, dict[int, str]]:
+    """Vectors ``(N, D)`` for image files, read from / added to the feature cache when the encoder is frozen.
+
+    Returns:
+        ``(features, failures)`` as in :func:`encode_files`.
+    """
+    cache = None
+    if use_cache and not model.config.encoder_weights_in_file:
+        root = Path(cache_dir) if cache_dir else default_cache_dir()
+        cache = FeatureCache(root, encoder_cache_key(model), model.config.encoder_dim)
+    feats, failures = cached_features(
+        paths, cache, lambda todo: encode_files(model, todo, batch_size=batch_size, progress=progress)
+    )
+    return torch.from_numpy(feats), failures
