@@ -1,0 +1,89 @@
+"""``captioner caption PATH...``: caption image files and directories."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from captioner.cli.common import (
+    add_decoding_options, add_device_option, add_model_option, generation_config, load_model, positive_int,
+)
+
+
+def add_parser(sub) -> None:
+    parser = sub.add_parser(
+        "caption", help="caption images",
+        description="Caption image files; directories are searched recursively for image files. Prints "
+        "'path<TAB>caption' per image (or JSON lines with --json). Unreadable files are reported as "
+        "'error: <path>: <reason>' on stderr, the others are still captioned, and the exit code is 1.",
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or directories")
+    add_model_option(parser)
+    add_decoding_options(parser)
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="images per batch (default: 16)")
+    parser.add_argument("--json", action="store_true",
+                        help='print one JSON object per line: {"image", "caption", "log_prob"}')
+    add_device_option(parser)
+    parser.set_defaults(run=run)
+
+
+def collect_images(paths: list[str]) -> Iterator[tuple[Path, str | None]]:
+    """Yield ``(path, None)`` for each file to caption and ``(path, reason)`` for each argument that fails."""
+    from captioner.images import is_image_file
+
+    for text in paths:
+        path = Path(text)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
+            if not found:
+                yield path, "directory holds no image files"
+            yield from ((p, None) for p in found)
+        elif path.exists():
+            yield path, None
+        else:
+            yield path, "no such file or directory"
+
+
+def run(args: argparse.Namespace) -> int:
+    from captioner.images import ImageLoadError, load_image
+
+    config = generation_config(args)
+    model = load_model(args.model, args.device)
+    errors = 0
+    batch: list[tuple[Path, object]] = []
+    for path, problem in collect_images(args.paths):
+        if problem is None:
+            try:
+                batch.append((path, load_image(path)))
+            except ImageLoadError as err:
+                problem = str(err)
+        if problem is not None:
+            errors += 1
+            print(f"error: {path}: {problem}", file=sys.stderr, flush=True)
+        if len(batch) >= args.batch_size:
+            _emit(model, batch, config, args.json)
+            batch = []
+    _emit(model, batch, config, args.json)
+    return 1 if errors else 0
+
+
+def _emit(model, batch: list, config, as_json: bool) -> None:
+    """Caption one batch of loaded images and print the results."""
+    if not batch:
+        return
+    import torch
+
+    pixels = torch.stack([model.transform(img) for _, img in batch])  # (B, 3, H, W)
+    hyps = model.caption_features(model.encode(pixels), config)
+    for (path, _), best in zip(batch, (h[0] for h in hyps)):
+        text = model.vocab.decode(best.tokens)
+        if as_json:
+            print(json.dumps({"image": str(path), "caption": text, "log_prob": round(best.log_prob, 6)}))
+        else:
+            print(f"{path}\t{text}")
+    sys.stdout.flush()
+
+

@@ -1,0 +1,124 @@
+"""Shared fixtures: tiny random models (seconds) and the developers' data beside the repository."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from captioner.config import ModelConfig
+from captioner.vocab import Vocabulary
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("CAPTIONER_SHARED_DATA", REPO.parent / "shared" / "data"))
+SAMPLES = REPO / "data" / "samples"
+WORDS = ["a", "dog", "cat", "runs", "on", "the", "grass", "red", "blue", "ball"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Never touch the user's feature cache from tests."""
+    monkeypatch.setenv("CAPTIONER_CACHE", str(tmp_path_factory.getbasetemp() / "captioner-cache"))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"developers' data not found at {SHARED} (set CAPTIONER_SHARED_DATA)")
+    return SHARED
+
+
+@pytest.fixture
+def vocab() -> Vocabulary:
+    return Vocabulary(WORDS)
+
+
+def tiny_config(vocab_size: int, **overrides) -> ModelConfig:
+    """A model config small enough to train in seconds (encoder fields match the default encoder)."""
+    fields = dict(vocab_size=vocab_size, embed_dim=16, image_proj_dim=12, hidden_dim=24, dropout=0.0)
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
+@pytest.fixture
+def tiny_model(vocab):
+    from captioner.model import Captioner
+
+    torch.manual_seed(0)
+    return Captioner(tiny_config(len(vocab)), vocab).eval()
+
+
+def make_caption_folder(root: Path, images: dict[str, list[str]], splits: dict[str, list[str]]) -> Path:
+    """Write a caption folder; ``images`` maps a name to its captions, image files must be put in place by caller."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "splits").mkdir(exist_ok=True)
+    lines = ["image\tcaption"] + [f"{name}\t{c}" for name, caps in images.items() for c in caps]
+    (root / "captions.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for split, names in splits.items():
+        (root / "splits" / f"{split}.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
+    return root
+
+
+@pytest.fixture
+def flickr_mini(shared_data, tmp_path) -> Path:
+    """A 20-image caption folder (12 train, 8 val) linking to ../shared/data/flickr8k images."""
+    src = shared_data / "flickr8k"
+    train = (src / "splits" / "train.txt").read_text().split()[:12]
+    val = (src / "splits" / "val.txt").read_text().split()[:8]
+    wanted = set(train + val)
+    captions: dict[str, list[str]] = {}
+    for line in (src / "captions.txt").read_text(encoding="utf-8").splitlines()[1:]:
+        name, _, cap = line.partition("\t")
+        if name in wanted:
+            captions.setdefault(name, []).append(cap)
+    root = make_caption_folder(tmp_path / "flickr_mini", captions, {"train": train, "val": val})
+    for name in wanted:
+        (root / "images" / name).symlink_to(src / "images" / name)
+    return root
+
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220)}
+SHAPES = ("circle", "square", "triangle")
+
+
+def draw_shape(colour: str, shape: str, rng) -> "Image.Image":
+    """A 96×96 picture of one coloured shape at a random place and size on a light background."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (96, 96), tuple(int(v) for v in rng.integers(225, 256, 3)))
+    draw = ImageDraw.Draw(img)
+    size = int(rng.integers(40, 64))
+    x, y = (int(v) for v in rng.integers(4, 96 - size - 4, 2))
+    box = (x, y, x + size, y + size)
+    fill = COLOURS[colour]
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "square":
+        draw.rectangle(box, fill=fill)
+    else:
+        draw.polygon([(x, y + size), (x + size, y + size), (x + size // 2, y)], fill=fill)
+    return img
+
+
+def make_shapes_dataset(root: Path, per_class_train: int = 6, per_class_val: int = 2, seed: int = 0) -> Path:
+    """A caption folder whose caption is fully determined by the image: 'a <colour> <shape>'."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    captions, splits = {}, {"train": [], "val": []}
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    for colour in COLOURS:
+        for shape in SHAPES:
+            for k in range(per_class_train + per_class_val):
+                name = f"{colour}_{shape}_{k}.png"
+                draw_shape(colour, shape, rng).save(root / "images" / name)
+                captions[name] = [f"a {colour} {shape}"]
+                splits["train" if k < per_class_train else "val"].append(name)
+    return make_caption_folder(root, captions, splits)
+
+
+@pytest.fixture(scope="session")
+def shapes_dataset(tmp_path_factory) -> Path:
+    return make_shapes_dataset(tmp_path_factory.mktemp("shapes") / "shapes")

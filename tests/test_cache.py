@@ -1,0 +1,83 @@
+from pathlib import Path
+
+import numpy as np
+
+from captioner.data.cache import FeatureCache, cached_features
+
+
+class CountingEncoder:
+    """Stands in for the CNN: a file's vector is derived from its bytes; counts how many files it encoded."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, paths):
+        self.calls += len(paths)
+        out = np.zeros((len(paths), 4), dtype=np.float32)
+        failures = {}
+        for i, p in enumerate(paths):
+            data = Path(p).read_bytes()
+            if data.startswith(b"BAD"):
+                failures[i] = "not an image"
+            else:
+                out[i] = [len(data), data[0], data[-1], 1.0]
+        return out, failures
+
+
+def _files(tmp_path, contents):
+    paths = []
+    for i, c in enumerate(contents):
+        p = tmp_path / f"f{i}.jpg"
+        p.write_bytes(c)
+        paths.append(p)
+    return paths
+
+
+def test_each_image_is_encoded_once_across_runs(tmp_path):
+    paths = _files(tmp_path, [b"abc", b"hello", b"BADx"])
+    enc = CountingEncoder()
+    first, bad = cached_features(paths, FeatureCache(tmp_path / "c", "enc|w|pre", 4), enc)
+    assert enc.calls == 3 and list(bad) == [2]
+    again, bad = cached_features(paths, FeatureCache(tmp_path / "c", "enc|w|pre", 4), enc)  # a new run
+    assert enc.calls == 4  # only the unreadable file is tried again
+    np.testing.assert_array_equal(first, again)
+    assert first[0].tolist() == [3, ord("a"), ord("c"), 1] and not first[2].any()
+
+
+def test_renamed_file_hits_edited_file_misses(tmp_path):
+    paths = _files(tmp_path, [b"abc", b"hello"])
+    enc = CountingEncoder()
+    cache = FeatureCache(tmp_path / "c", "k", 4)
+    cached_features(paths, cache, enc)
+    paths[0].rename(tmp_path / "renamed.jpg")
+    cached_features([tmp_path / "renamed.jpg"], cache, enc)
+    assert enc.calls == 2
+    paths[1].write_bytes(b"hellO")
+    out, _ = cached_features([paths[1]], cache, enc)
+    assert enc.calls == 3 and out[0, 2] == ord("O")
+
+
+def test_changing_encoder_or_preprocessing_invalidates(tmp_path):
+    paths = _files(tmp_path, [b"abc"])
+    enc = CountingEncoder()
+    cached_features(paths, FeatureCache(tmp_path / "c", "lite0|w|resize=256", 4), enc)
+    cached_features(paths, FeatureCache(tmp_path / "c", "lite0|w|resize=232", 4), enc)
+    cached_features(paths, FeatureCache(tmp_path / "c", "resnet|w|resize=256", 4), enc)
+    assert enc.calls == 3
+    cached_features(paths, FeatureCache(tmp_path / "c", "lite0|w|resize=256", 4), enc)
+    assert enc.calls == 3
+
+
+def test_cache_is_a_memory_map_of_float32_rows(tmp_path):
+    cache = FeatureCache(tmp_path / "c", "k", 4)
+    cache.add(["h1", "h2"], np.arange(8, dtype=np.float32).reshape(2, 4))
+    raw = np.memmap(cache.dir / "features.f32", dtype=np.float32, mode="r")
+    assert raw.shape == (8,)
+    assert cache.get(["h2"]).tolist() == [[4, 5, 6, 7]]
+
+
+def test_model_level_cache_key_names_encoder_and_preprocessing(tiny_model):
+    from captioner.features import encoder_cache_key
+
+    key = encoder_cache_key(tiny_model)
+    assert key.startswith("efficientnet_lite0|efficientnet-lite0-57934424|") and '"resize": 256' in key

@@ -1,0 +1,71 @@
+import urllib.error
+
+import pytest
+import torch
+
+from captioner import encoders
+from captioner.images import load_image
+
+
+@pytest.mark.parametrize("name", encoders.available_encoders())
+def test_every_registered_encoder_gives_its_declared_width(name):
+    spec = encoders.get_spec(name)
+    enc = encoders.build_encoder(name, pretrained=False)
+    with torch.no_grad():
+        out = enc(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, spec.out_dim)
+    assert spec.preprocess.crop == 224 and len(spec.preprocess.mean) == 3
+
+
+def test_required_backbones_are_registered():
+    wanted = {"efficientnet_lite0", "resnet18", "resnet50", "resnet101", "resnet152", "efficientnet_b0",
+              "mobilenet_v3_large"}
+    assert wanted <= set(encoders.available_encoders())
+
+
+def test_unknown_encoder_suggests_close_names():
+    with pytest.raises(ValueError, match="did you mean resnet50"):
+        encoders.get_spec("resnet5O")
+
+
+def test_lite0_renaming_matches_timm_exactly():
+    import timm
+
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    raw = torch.load(encoders.lite0_weights_path(), map_location="cpu", weights_only=True)
+    renamed = encoders.rename_lite0_keys(raw, [len(s) for s in net.blocks])
+    assert set(renamed) == set(net.state_dict())
+    assert "blocks.1.0.conv_pwl.weight" in renamed and "blocks.0.0.conv_pw.weight" in renamed
+
+
+def test_lite0_preprocessing_is_the_weights_own():
+    pre = encoders.get_spec("efficientnet_lite0").preprocess
+    assert (pre.resize, pre.crop, pre.mean, pre.std, pre.interpolation) == (
+        256, 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic")
+
+
+@pytest.mark.parametrize(
+    "photo, accepted",
+    [("chelsea.jpg", {"tabby", "tiger cat", "Egyptian cat"}), ("coffee.jpg", {"espresso", "cup", "coffee mug"})],
+)
+def test_default_weights_are_real_imagenet_weights(shared_data, photo, accepted):
+    enc = encoders.build_encoder("efficientnet_lite0")
+    transform = encoders.make_transform(encoders.get_spec("efficientnet_lite0").preprocess)
+    with torch.inference_mode():
+        logits = enc.classify(transform(load_image(shared_data / "demo" / photo)).unsqueeze(0))
+    names = encoders.imagenet_categories()
+    top5 = {names[i] for i in logits.topk(5).indices[0].tolist()}
+    assert top5 & accepted, top5
+
+
+def test_torchvision_weights_offline_say_where_to_put_the_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(encoders.EncoderWeightsError) as info:
+        encoders.build_encoder("resnet18", pretrained=True)
+    message = str(info.value)
+    assert "resnet18-f37072fd.pth" in message and str(tmp_path / "hub" / "checkpoints") in message

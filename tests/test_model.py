@@ -1,0 +1,69 @@
+import json
+
+import pytest
+import torch
+
+from captioner.model import DEFAULT_MODEL_DIR, Captioner, ModelLoadError
+
+
+def _logits(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(3, model.config.encoder_dim, generator=g)
+    tokens = torch.randint(0, model.config.vocab_size, (3, 6), generator=g)
+    with torch.no_grad():
+        return model.decoder.eval()(feats, tokens)
+
+
+def test_save_load_round_trip_gives_identical_logits(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "m", card="# my card\n")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "README.md", "config.json", "model.safetensors", "vocab.json"]
+    again = Captioner.from_pretrained(tmp_path / "m")
+    assert torch.equal(_logits(tiny_model), _logits(again))
+    assert again.config == tiny_model.config and again.vocab.itos == tiny_model.vocab.itos
+    assert (tmp_path / "m" / "README.md").read_text() == "# my card\n"
+
+
+def test_save_replaces_an_existing_directory_and_half_precision(tiny_model, tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "stale.txt").write_text("old")
+    tiny_model.save_pretrained(tmp_path / "m", half=True)
+    assert not (tmp_path / "m" / "stale.txt").exists()
+    again = Captioner.from_pretrained(tmp_path / "m")
+    assert torch.allclose(_logits(tiny_model), _logits(again), atol=1e-2)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left behind
+
+
+def test_no_pickle_in_model_directory(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "m")
+    head = (tmp_path / "m" / "model.safetensors").read_bytes()[:8]
+    header_len = int.from_bytes(head, "little")
+    header = json.loads((tmp_path / "m" / "model.safetensors").read_bytes()[8 : 8 + header_len])
+    assert all(k.startswith("decoder.") for k in header if k != "__metadata__")
+
+
+def test_loading_an_incomplete_directory_says_what_is_missing(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match="missing model.safetensors, vocab.json"):
+        Captioner.from_pretrained(tmp_path / "m")
+
+
+def test_vocab_size_must_match(vocab):
+    from conftest import tiny_config
+
+    with pytest.raises(ValueError, match="vocab_size"):
+        Captioner(tiny_config(len(vocab) + 1), vocab)
+
+
+def test_the_embedded_default_model_loads_and_captions_images():
+    from PIL import Image
+
+    assert (DEFAULT_MODEL_DIR / "model.safetensors").is_file(), "the default model must ship in the package"
+    model = Captioner.from_pretrained("default")
+    assert model.config.encoder == "efficientnet_lite0" and model.config.inject == "every_step"
+    red = Image.new("RGB", (300, 200), (200, 30, 30))
+    captions = model.caption([red, Image.new("RGB", (64, 64), (20, 120, 20))])
+    assert len(captions) == 2 and all(c.split() for c in captions)
+    card = (DEFAULT_MODEL_DIR / "README.md").read_text()
+    assert "captioner train" in card and "BLEU-4" in card

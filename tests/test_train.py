@@ -1,0 +1,72 @@
+import csv
+import json
+
+import pytest
+
+from captioner.cli import main
+from captioner.model import Captioner
+
+
+def test_train_dry_run_on_20_flickr8k_images(flickr_mini, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--data", str(flickr_mini), "--out", str(out), "--dry-run", "--min-count", "1"])
+    assert code == 0, capsys.readouterr().err
+    assert "best model:" in capsys.readouterr().out
+    for name in ["train_config.json", "model_config.json", "log.csv", "summary.json", "model/model.safetensors"]:
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader((out / "log.csv").open()))
+    assert rows[0]["loss"] and rows[-1]["val_bleu4"] != "" and rows[-1]["val_loss"] != ""
+    model = Captioner.from_pretrained(out / "model")
+    assert model.config.vocab_size == len(model.vocab) > 4
+    card = (out / "model" / "README.md").read_text()
+    assert "captioner train --data" in card or "train" in card
+
+
+def test_same_seed_same_weights(shapes_dataset, tmp_path):
+    from captioner.config import TrainConfig
+    from captioner.train import train
+    from conftest import tiny_config
+
+    blobs = []
+    for run in ("a", "b"):
+        cfg = TrainConfig(data=str(shapes_dataset), out=str(tmp_path / run), epochs=2, batch_size=8, min_count=1,
+                          seed=7)
+        result = train(cfg, tiny_config(4, dropout=0.3))
+        blobs.append((result.model_dir / "model.safetensors").read_bytes())
+        history = result.history
+    assert blobs[0] == blobs[1]
+    assert len(history) == 2 and history[-1]["val_loss"] > 0
+
+
+def test_gradient_clipping_is_applied(shapes_dataset, tmp_path):
+    from captioner.config import TrainConfig
+    from captioner.train import train
+    from conftest import tiny_config
+
+    cfg = TrainConfig(data=str(shapes_dataset), out=str(tmp_path / "r"), epochs=1, batch_size=8, min_count=1,
+                      clip_norm=1e-3, lr=1.0, val_split=None)
+    result = train(cfg, tiny_config(4))
+    rows = list(csv.DictReader((tmp_path / "r" / "log.csv").open()))
+    assert result.history and all(r["loss"] for r in rows)
+    # lr 1.0 with the update bounded by a clipped gradient keeps the loss finite (no blow-up)
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["best"]["loss"] < 10
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--data", "{missing}", "--out", "{out}"], "no such file or directory"),
+        (["--data", "{data}", "--out", "{file}"], "is not a directory"),
+        (["--data", "{data}", "--out", "{out}", "--val-split", "test"], "no such split"),
+        (["--data", "{data}", "--out", "{out}", "--encoder", "resnet5O"], "did you mean resnet50"),
+        (["--data", "{data}", "--out", "{out}", "--epochs", "0"], "at least 1"),
+    ],
+)
+def test_bad_train_arguments_give_one_error_line(shapes_dataset, tmp_path, capsys, argv, message):
+    (tmp_path / "afile").write_text("x")
+    values = {"missing": tmp_path / "nope", "out": tmp_path / "o", "data": shapes_dataset, "file": tmp_path / "afile"}
+    code = main(["train", *[a.format(**values) for a in argv], "--dry-run"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and message in err and err.startswith("error:") and "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
