@@ -63,6 +63,7 @@ def test_bad_images_are_reported_and_the_rest_captioned(model_dir, images, tmp_p
         (["caption", "x.jpg", "--model", "/nonexistent/model"], "not a captioner model directory"),
         (["caption", "x.jpg", "--device", "tpu"], "invalid choice"),
         (["evaluate", "--data", "/nonexistent"], "no such file"),
+        (["evaluate", "--data", "/nonexistent", "--out", "/no/such/dir/r.json"], "does not exist"),
         (["frobnicate"], "invalid choice"),
     ],
 )

@@ -23,6 +23,16 @@ def test_every_step_image_reaches_late_steps_through_w_ih(cell):
     logits = dec(feats, tokens)  # (B, T, V)
     (grad,) = torch.autograd.grad(logits[:, 5].sum(), feats)
     assert grad.abs().sum() > 0
+    # The recurrent cell's input at every step t is [embedding(w_t); projected image].
+    seen = []
+    hook = dec.rnn.register_forward_hook(lambda mod, inputs, out: seen.append(inputs[0].detach()))
+    dec(feats, tokens)
+    hook.remove()
+    x = seen[0]  # (B, T, E+P)
+    projected, _ = dec.start(feats)
+    for t in range(tokens.shape[1]):
+        assert torch.allclose(x[:, t, dec.config.embed_dim:], projected)
+        assert torch.allclose(x[:, t, : dec.config.embed_dim], dec.embed(tokens[:, t]))
     # The image enters each step's input: a step run from a zero state still depends on it.
     image, _ = dec.start(feats)
     out_a, _ = dec.step(tokens[:, 5], image, None)

@@ -61,12 +61,17 @@ def test_gradient_clipping_is_applied(shapes_dataset, tmp_path):
         (["--data", "{data}", "--out", "{out}", "--val-split", "test"], "no such split"),
         (["--data", "{data}", "--out", "{out}", "--encoder", "resnet5O"], "did you mean resnet50"),
         (["--data", "{data}", "--out", "{out}", "--epochs", "0"], "at least 1"),
+        (["--data", "{data}", "--out", "{earlier}"], "already holds an earlier run"),
     ],
 )
 def test_bad_train_arguments_give_one_error_line(shapes_dataset, tmp_path, capsys, argv, message):
     (tmp_path / "afile").write_text("x")
-    values = {"missing": tmp_path / "nope", "out": tmp_path / "o", "data": shapes_dataset, "file": tmp_path / "afile"}
+    (tmp_path / "earlier" / "model").mkdir(parents=True)
+    (tmp_path / "earlier" / "model" / "config.json").write_text("{}")
+    values = {"missing": tmp_path / "nope", "out": tmp_path / "o", "data": shapes_dataset, "file": tmp_path / "afile",
+              "earlier": tmp_path / "earlier"}
     code = main(["train", *[a.format(**values) for a in argv], "--dry-run"])
     err = capsys.readouterr().err.strip()
     assert code != 0 and message in err and err.startswith("error:") and "Traceback" not in err
     assert len(err.splitlines()) == 1, err
+    assert (tmp_path / "earlier" / "model" / "config.json").read_text() == "{}"  # nothing of an earlier run lost

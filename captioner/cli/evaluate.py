@@ -37,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
     for option in (args.out, args.predictions):
         if option and Path(option).is_dir():
             raise CliError(f"{option} is a directory; give a file name")
+        if option and not Path(option).resolve().parent.is_dir():
+            raise CliError(f"{option}: directory {Path(option).parent} does not exist; create it first")
     try:
         dataset = load_dataset(args.data, args.split)
     except DatasetError as err:

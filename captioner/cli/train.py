@@ -51,6 +51,8 @@ def add_parser(sub) -> None:
     parser.add_argument("--cache-dir", default=None, metavar="DIR",
                         help="feature cache (default: $CAPTIONER_CACHE or ~/.cache/captioner/features)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the model and log of an earlier run in --out (default: refuse)")
     parser.add_argument("--dry-run", action="store_true",
                         help="a couple of batches of everything on a few images, to check the wiring in seconds")
     parser.set_defaults(run=run)
@@ -64,6 +66,12 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     check_writable_dir(out, "--out")
+    earlier = [name for name in ("model", "log.csv") if (out / name).exists()]
+    if earlier and not args.overwrite:
+        raise CliError(f"--out {out} already holds an earlier run ({', '.join(earlier)}); choose another --out or "
+                       "pass --overwrite")
+    if args.overwrite and (out / "log.csv").exists():
+        (out / "log.csv").unlink()
     if not Path(args.data).exists():
         raise CliError(f"--data {args.data}: no such file or directory")
     try:
