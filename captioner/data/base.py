@@ -7,9 +7,11 @@ files, CSV/JSONL) slot in without touching training or evaluation.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 
 class DatasetError(ValueError):
@@ -24,11 +26,13 @@ class ImageItem:
         name: the image's name inside the dataset (its path relative to the images directory).
         path: absolute path of the image file.
         captions: reference captions, raw text.
+        image_id: the dataset's own id for the image (COCO ``id``), when it has one.
     """
 
     name: str
     path: Path
     captions: list[str]
+    image_id: int | str | None = None
 
 
 @dataclass
@@ -68,14 +72,17 @@ class DatasetFormat:
     Attributes:
         name: the ``--format`` value.
         detect: ``detect(path) -> bool``.
-        load: ``load(path, split) -> CaptionSet``.
+        load: ``load(path, split, images) -> CaptionSet``; ``images`` overrides the images directory (None: the
+            format's default place).
         splits: ``splits(path) -> list of split names``.
+        description: one line for help texts.
     """
 
     name: str
     detect: Callable[[Path], bool]
-    load: Callable[[Path, str], CaptionSet]
+    load: Callable[[Path, str, Path | None], CaptionSet]
     splits: Callable[[Path], list[str]]
+    description: str = ""
 
 
 FORMATS: dict[str, DatasetFormat] = {}
@@ -103,19 +110,76 @@ def get_format(path: Path, name: str | None) -> DatasetFormat:
     return FORMATS[name]
 
 
-def load_dataset(path: str | Path, split: str, fmt: str | None = None) -> CaptionSet:
+def load_dataset(
+    path: str | Path, split: str, fmt: str | None = None, images: str | Path | None = None
+) -> CaptionSet:
     """Load one split of a dataset, detecting its format unless ``fmt`` is given.
 
     Args:
         path: dataset directory or file.
         split: split name.
         fmt: format name (None: detect from the path).
+        images: images directory, for formats whose annotations live apart from the images (None: the default
+            place for the format, e.g. ``images/`` beside the annotations).
     """
     path = Path(path)
-    return get_format(path, fmt).load(path, split)
+    if images is not None and not Path(images).is_dir():
+        raise DatasetError(f"--images {images}: no such directory")
+    loader = get_format(path, fmt)
+    images = Path(images) if images is not None else None
+    parts = [loader.load(path, name, images) for name in split.split("+")]
+    if len(parts) == 1:
+        return parts[0]
+    merged: dict[str, ImageItem] = {}
+    for part in parts:  # "train+restval": the union, first occurrence of an image wins
+        for item in part.items:
+            merged.setdefault(item.name, item)
+    return CaptionSet(root=path, split=split, items=list(merged.values()))
 
 
 def list_splits(path: str | Path, fmt: str | None = None) -> list[str]:
     """Split names available in a dataset."""
     path = Path(path)
     return get_format(path, fmt).splits(path)
+
+
+def safe_image_name(name: Any, where: str) -> str:
+    """Check an image name from a dataset file: a non-empty relative path that stays inside the images directory.
+
+    Args:
+        name: the value read from the file.
+        where: file and entry, for the error message (``"captions.json: image id 42"``).
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise DatasetError(f"{where}: image name must be a non-empty string, got {name!r}")
+    posix = PurePosixPath(name.strip().replace("\\", "/"))
+    if posix.is_absolute() or ".." in posix.parts or (posix.parts and ":" in posix.parts[0]):
+        raise DatasetError(f"{where}: image name {name!r} must be a relative path inside the images directory")
+    return str(posix)
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file; bad JSON becomes a :class:`DatasetError` with the line and column."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{path}: not UTF-8 text ({err})") from None
+
+
+def check_caption(value: Any, where: str) -> str:
+    """A caption read from a file must be a string."""
+    if not isinstance(value, str):
+        raise DatasetError(f"{where}: caption must be a string, got {type(value).__name__} {value!r}")
+    return value.strip()
+
+
+def first_dir(candidates: list[Path], what: str) -> Path:
+    """The first existing directory among candidates, else an error saying to pass ``--images``."""
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    tried = ", ".join(str(c) for c in candidates)
+    raise DatasetError(f"cannot find the images of {what} (looked in {tried}); pass --images DIR")

@@ -12,9 +12,11 @@ This is the layout of the Flickr8k copy in ``../shared/data/flickr8k``.
 from __future__ import annotations
 
 from collections import defaultdict
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-from captioner.data.base import CaptionSet, DatasetError, DatasetFormat, ImageItem, register_format
+from captioner.data.base import (
+    CaptionSet, DatasetError, DatasetFormat, ImageItem, register_format, safe_image_name,
+)
 
 HEADER = "image\tcaption"
 
@@ -38,16 +40,8 @@ def read_captions(path: Path) -> dict[str, list[str]]:
         name, sep, caption = line.partition("\t")
         if not sep:
             raise DatasetError(f"{path}:{number}: expected 'image<TAB>caption', found no tab")
-        captions[safe_name(name.strip(), path, number)].append(caption.strip())
+        captions[safe_image_name(name.strip(), f"{path}:{number}")].append(caption.strip())
     return captions
-
-
-def safe_name(name: str, source: Path, number: int) -> str:
-    """Reject image names that are empty, absolute or escape the images directory (``../x``)."""
-    posix = PurePosixPath(name.replace("\\", "/"))
-    if not name or posix.is_absolute() or ".." in posix.parts:
-        raise DatasetError(f"{source}:{number}: image name {name!r} must be a relative path inside images/")
-    return str(posix)
 
 
 def list_folder_splits(path: Path) -> list[str]:
@@ -55,7 +49,7 @@ def list_folder_splits(path: Path) -> list[str]:
     return sorted(p.stem for p in split_dir.glob("*.txt")) if split_dir.is_dir() else []
 
 
-def load_caption_folder(path: Path, split: str) -> CaptionSet:
+def load_caption_folder(path: Path, split: str, images: Path | None = None) -> CaptionSet:
     """Load one split of a caption folder.
 
     Raises:
@@ -67,7 +61,7 @@ def load_caption_folder(path: Path, split: str) -> CaptionSet:
         raise DatasetError(f"{split_file}: no such split (available: {available})")
     captions = read_captions(path / "captions.txt")
     names = [
-        safe_name(line.strip(), split_file, number)
+        safe_image_name(line.strip(), f"{split_file}:{number}")
         for number, line in enumerate(split_file.read_text(encoding="utf-8").splitlines(), start=1)
         if line.strip()
     ]
@@ -76,9 +70,12 @@ def load_caption_folder(path: Path, split: str) -> CaptionSet:
         raise DatasetError(
             f"{split_file}: {len(missing)} image(s) have no caption in captions.txt (first: {missing[0]})"
         )
-    images = path / "images"
+    images = images or path / "images"
     items = [ImageItem(name=n, path=(images / n).resolve(), captions=list(captions[n])) for n in dict.fromkeys(names)]
     return CaptionSet(root=path, split=split, items=items)
 
 
-register_format(DatasetFormat("folder", is_caption_folder, load_caption_folder, list_folder_splits))
+register_format(
+    DatasetFormat("folder", is_caption_folder, load_caption_folder, list_folder_splits,
+                  "caption folder: images/, captions.txt (image<TAB>caption), splits/NAME.txt")
+)
