@@ -94,6 +94,8 @@ class TrainConfig:
 
     Attributes:
         data: dataset path.
+        data_format: dataset format name (None: detect).
+        images: images directory override (None: the format's default place).
         out: run directory (best model in ``out/model``, log in ``out/log.csv``).
         train_split: split trained on.
         val_split: split validated on every epoch (None: no validation).
@@ -110,11 +112,14 @@ class TrainConfig:
         select_by: ``bleu4`` or ``loss``: which validation figure picks the saved best model.
         cache_dir: feature-cache directory (None: the user cache directory).
         num_threads: torch CPU threads (0: torch's default).
+        on_bad_image: ``skip`` unreadable images with a warning that counts them, or ``error``.
         dry_run: run two batches of everything, for smoke tests.
         command: the command line that started the run (recorded in the model card).
     """
 
     data: str = ""
+    data_format: str | None = None
+    images: str | None = None
     out: str = "runs/latest"
     train_split: str = "train"
     val_split: str | None = "val"
@@ -131,6 +136,7 @@ class TrainConfig:
     select_by: str = "bleu4"
     cache_dir: str | None = None
     num_threads: int = 0
+    on_bad_image: str = "skip"
     dry_run: bool = False
     command: str = ""
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from captioner.data.base import CaptionSet
+from captioner.data.base import CaptionSet, report_bad_images
 from captioner.features import image_features
 from captioner.generate import GenerationConfig, Hypothesis
 from captioner.metrics import corpus_bleu
@@ -79,6 +79,7 @@ def evaluate(
     cache_dir: str | Path | None = None,
     batch_size: int = 128,
     progress: bool = True,
+    on_bad_image: str = "skip",
 ) -> tuple[dict, list[Prediction]]:
     """Caption a split and score it.
 
@@ -86,8 +87,7 @@ def evaluate(
         ``(report, predictions)``; the report holds ``metrics`` (BLEU-1..4 fractions), image counts and decoding.
     """
     predictions, failures = predict(model, dataset, config, cache_dir, batch_size, progress)
-    if failures:
-        logger.warning("%d unreadable image(s) skipped (first: %s)", len(failures), next(iter(failures.items())))
+    report_bad_images(dataset, failures, on_bad_image)
     report = {
         "metrics": score(predictions, dataset),
         "metric_notes": "nltk corpus_bleu, no smoothing, captioner tokenizer (lowercase, punctuation dropped)",

@@ -26,6 +26,7 @@ from captioner import encoders
 from captioner.checkpoint import CsvLog, atomic_write_text, files_sha256
 from captioner.config import ModelConfig, TrainConfig, to_json
 from captioner.data import CaptionSet, load_dataset
+from captioner.data.base import report_bad_images
 from captioner.data.batching import bucket_batches, caption_pairs, iterate_batches
 from captioner.evaluate import caption_vectors
 from captioner.features import image_features
@@ -97,8 +98,8 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None) -> TrainResult
 
 
 def _load_splits(cfg: TrainConfig) -> tuple[CaptionSet, CaptionSet | None]:
-    train_set = load_dataset(cfg.data, cfg.train_split)
-    val_set = load_dataset(cfg.data, cfg.val_split) if cfg.val_split else None
+    train_set = load_dataset(cfg.data, cfg.train_split, cfg.data_format, cfg.images)
+    val_set = load_dataset(cfg.data, cfg.val_split, cfg.data_format, cfg.images) if cfg.val_split else None
     if cfg.dry_run:
         train_set = train_set.subset(DRY_RUN_IMAGES)
         val_set = val_set.subset(DRY_RUN_IMAGES // 2) if val_set is not None else None
@@ -119,10 +120,7 @@ def _complete_model_config(model_cfg: ModelConfig, vocab_size: int) -> ModelConf
 def _prepare(model: Captioner, data: CaptionSet, cfg: TrainConfig) -> Split:
     """Encode a split's images (through the cache) and its captions; unreadable images are skipped and counted."""
     feats, failed = image_features(model, [item.path for item in data.items], cache_dir=cfg.cache_dir)
-    if failed:
-        first = data.items[next(iter(failed))].path
-        logger.warning("%s: skipped %d unreadable image(s) (first: %s: %s)", data.split, len(failed), first,
-                       next(iter(failed.values())))
+    report_bad_images(data, {str(data.items[i].path): reason for i, reason in failed.items()}, cfg.on_bad_image)
     index, captions = caption_pairs(data, model.vocab, cfg.max_caption_len, skip=set(failed))
     if not captions:
         raise ValueError(f"{data.root}: split {data.split!r} has no usable captions")

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from captioner.cli.common import (
-    add_decoding_options, add_device_option, add_model_option, generation_config, load_model, positive_int,
+    add_decoding_options, add_device_option, add_image_options, add_model_option, apply_image_options,
+    generation_config, load_model, positive_int,
 )
 
 
@@ -26,6 +27,7 @@ def add_parser(sub) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=16, help="images per batch (default: 16)")
     parser.add_argument("--json", action="store_true",
                         help='print one JSON object per line: {"image", "caption", "log_prob"}')
+    add_image_options(parser, bad_image_choice=False)
     add_device_option(parser)
     parser.set_defaults(run=run)
 
@@ -50,6 +52,7 @@ def collect_images(paths: list[str]) -> Iterator[tuple[Path, str | None]]:
 def run(args: argparse.Namespace) -> int:
     from captioner.images import ImageLoadError, load_image
 
+    apply_image_options(args)
     config = generation_config(args)
     model = load_model(args.model, args.device)
     errors = 0

@@ -88,3 +88,34 @@ def generation_config(args: argparse.Namespace):
 def check_writable_dir(path: Path, what: str) -> None:
     if path.exists() and not path.is_dir():
         raise CliError(f"{what} {path} exists and is not a directory; choose another path")
+
+
+def add_dataset_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """``--data``, ``--format`` and ``--images``: where a dataset is and how to read it."""
+    from captioner.data import FORMATS
+
+    formats = "; ".join(f"{f.name}: {f.description}" for f in FORMATS.values())
+    parser.add_argument("--data", required=required, metavar="PATH",
+                        help="dataset directory or annotation file; its format is detected")
+    parser.add_argument("--format", dest="data_format", choices=sorted(FORMATS), default=None,
+                        help=f"dataset format, when detection is not wanted ({formats})")
+    parser.add_argument("--images", default=None, metavar="DIR",
+                        help="images directory, for formats whose annotations live apart from the images")
+
+
+def add_image_options(parser: argparse.ArgumentParser, bad_image_choice: bool = True) -> None:
+    """``--on-bad-image`` and ``--max-image-pixels``."""
+    if bad_image_choice:
+        parser.add_argument("--on-bad-image", choices=["skip", "error"], default="skip",
+                            help="unreadable images: skip them with a warning that counts them, or stop "
+                            "(default: skip)")
+    parser.add_argument("--max-image-pixels", type=positive_int, default=None, metavar="N",
+                        help="raise Pillow's decompression-bomb limit (default: Pillow's, about 89 million "
+                        "pixels) for images you trust")
+
+
+def apply_image_options(args: argparse.Namespace) -> None:
+    if getattr(args, "max_image_pixels", None):
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = args.max_image_pixels

@@ -6,7 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
-from captioner.cli.common import CliError, add_decoding_options, add_device_option, add_model_option, positive_int
+from captioner.cli.common import (
+    CliError, add_dataset_options, add_decoding_options, add_device_option, add_image_options, add_model_option,
+    apply_image_options, positive_int,
+)
 
 
 def add_parser(sub) -> None:
@@ -16,7 +19,7 @@ def add_parser(sub) -> None:
         "score the captions against all references with corpus BLEU-1..4 (nltk, no smoothing).",
     )
     add_model_option(parser)
-    parser.add_argument("--data", required=True, metavar="PATH", help="dataset (caption folder)")
+    add_dataset_options(parser)
     parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
     add_decoding_options(parser)
     parser.add_argument("--batch-size", type=positive_int, default=128, help="images per batch (default: 128)")
@@ -25,6 +28,7 @@ def add_parser(sub) -> None:
     parser.add_argument("--predictions", metavar="FILE", help="write the generated captions as JSON here")
     parser.add_argument("--cache-dir", default=None, metavar="DIR", help="feature cache directory")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    add_image_options(parser)
     add_device_option(parser)
     parser.set_defaults(run=run)
 
@@ -39,15 +43,19 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"{option} is a directory; give a file name")
         if option and not Path(option).resolve().parent.is_dir():
             raise CliError(f"{option}: directory {Path(option).parent} does not exist; create it first")
+    apply_image_options(args)
     try:
-        dataset = load_dataset(args.data, args.split)
+        dataset = load_dataset(args.data, args.split, args.data_format, args.images)
     except DatasetError as err:
         raise CliError(str(err)) from None
     if args.limit > 0:
         dataset = dataset.subset(args.limit)
     model = load_model(args.model, args.device)
-    report, predictions = evaluate(model, dataset, generation_config(args), cache_dir=args.cache_dir,
-                                   batch_size=args.batch_size)
+    try:
+        report, predictions = evaluate(model, dataset, generation_config(args), cache_dir=args.cache_dir,
+                                       batch_size=args.batch_size, on_bad_image=args.on_bad_image)
+    except DatasetError as err:
+        raise CliError(str(err)) from None
     report["model"] = str(args.model)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -7,7 +7,10 @@ import shlex
 import sys
 from pathlib import Path
 
-from captioner.cli.common import CliError, check_writable_dir, non_negative_float, positive_int
+from captioner.cli.common import (
+    CliError, add_dataset_options, add_image_options, apply_image_options, check_writable_dir, non_negative_float,
+    positive_int,
+)
 
 
 def add_parser(sub) -> None:
@@ -18,10 +21,10 @@ def add_parser(sub) -> None:
         description="Train a decoder on a frozen pretrained encoder. Writes OUT/model (best model directory), "
         "OUT/log.csv (step/epoch/loss/validation metrics) and OUT/summary.json.",
     )
-    parser.add_argument("--data", required=True, metavar="DIR", help="dataset (caption folder: images/, "
-                        "captions.txt, splits/NAME.txt)")
+    add_dataset_options(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="run directory to write")
-    parser.add_argument("--train-split", default="train", help="split to train on (default: train)")
+    parser.add_argument("--train-split", default="train",
+                        help="split to train on; join splits with '+', e.g. train+restval (default: train)")
     parser.add_argument("--val-split", default="val", help="split validated on each epoch; 'none' to skip "
                         "(default: val)")
     parser.add_argument("--epochs", type=positive_int, default=10, help="passes over the captions (default: 10)")
@@ -51,6 +54,7 @@ def add_parser(sub) -> None:
     parser.add_argument("--cache-dir", default=None, metavar="DIR",
                         help="feature cache (default: $CAPTIONER_CACHE or ~/.cache/captioner/features)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
+    add_image_options(parser)
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the model and log of an earlier run in --out (default: refuse)")
     parser.add_argument("--dry-run", action="store_true",
@@ -83,8 +87,10 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as err:
         raise CliError(str(err), code=2) from None
+    apply_image_options(args)
     cfg = TrainConfig(
-        data=args.data, out=args.out, train_split=args.train_split,
+        data=args.data, data_format=args.data_format, images=args.images, on_bad_image=args.on_bad_image,
+        out=args.out, train_split=args.train_split,
         val_split=None if args.val_split.lower() == "none" else args.val_split, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, clip_norm=args.clip_norm, min_count=args.min_count, seed=args.seed,
         val_max_images=args.val_max_images, select_by=args.select_by, cache_dir=args.cache_dir,

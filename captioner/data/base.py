@@ -8,10 +8,14 @@ files, CSV/JSONL) slot in without touching training or evaluation.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+
+logger = logging.getLogger(__name__)
 
 
 class DatasetError(ValueError):
@@ -183,3 +187,20 @@ def first_dir(candidates: list[Path], what: str) -> Path:
             return candidate
     tried = ", ".join(str(c) for c in candidates)
     raise DatasetError(f"cannot find the images of {what} (looked in {tried}); pass --images DIR")
+
+
+def report_bad_images(data: CaptionSet, failures: dict[str, str], policy: str) -> None:
+    """Warn about (``policy="skip"``) or stop on (``"error"``) unreadable images of a split, naming the first.
+
+    Args:
+        data: the split.
+        failures: image path or name → reason.
+        policy: ``skip`` or ``error``.
+    """
+    if not failures:
+        return
+    name, reason = next(iter(failures.items()))
+    message = f"split {data.split}: {len(failures)} of {len(data)} image(s) unreadable (first: {name}: {reason})"
+    if policy == "error":
+        raise DatasetError(message + "; fix or remove them, or use --on-bad-image skip")
+    logger.warning("%s; skipped", message)

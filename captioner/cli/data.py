@@ -1,0 +1,76 @@
+"""``captioner data check|convert``: inspect datasets and convert them to the native caption folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from captioner.cli.common import CliError, add_image_options, apply_image_options, positive_int
+
+
+def add_parser(sub) -> None:
+    parser = sub.add_parser("data", help="check and convert datasets",
+                            description="Dataset tools: 'check' reports problems, 'convert' writes a caption folder.")
+    actions = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True,
+                                    parser_class=type(parser))
+    check = actions.add_parser(
+        "check", help="report counts and problems of a dataset",
+        description="Print per split: images, captions, unreadable or missing images, empty and duplicate "
+        "captions, caption length distribution and vocabulary coverage. Exits 1 when there are errors.")
+    _source_options(check)
+    check.add_argument("--min-count", type=positive_int, default=5,
+                       help="vocabulary threshold for the coverage column (default: 5)")
+    check.add_argument("--no-verify-images", action="store_true",
+                       help="only check that image files exist (faster) instead of decoding each")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_image_options(check, bad_image_choice=False)
+    check.set_defaults(run=run_check)
+
+    convert = actions.add_parser(
+        "convert", help="convert any format to a caption folder",
+        description="Write a caption folder (images/, captions.txt, splits/) from any supported format. Images "
+        "are hard-linked, or copied when linking is impossible; never moved. OUT must not exist.")
+    _source_options(convert)
+    convert.add_argument("--to", choices=["folder"], default="folder", help="output format (default: folder)")
+    convert.add_argument("out", metavar="OUT", help="new directory to write")
+    convert.add_argument("--splits", default=None,
+                         help="comma-separated splits to convert (default: all the source has)")
+    convert.add_argument("--copy", action="store_true", help="copy images instead of hard-linking them")
+    convert.set_defaults(run=run_convert)
+
+
+def _source_options(parser: argparse.ArgumentParser) -> None:
+    from captioner.data import FORMATS
+
+    parser.add_argument("path", metavar="PATH", help="dataset directory or annotation file")
+    parser.add_argument("--format", dest="data_format", choices=sorted(FORMATS), default=None,
+                        help="dataset format (default: detected)")
+    parser.add_argument("--images", default=None, metavar="DIR", help="images directory override")
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from captioner.data import DatasetError
+    from captioner.data.check import check_dataset, format_report
+
+    apply_image_options(args)
+    try:
+        report = check_dataset(args.path, args.data_format, args.images, args.min_count,
+                               verify_images=not args.no_verify_images)
+    except DatasetError as err:
+        raise CliError(str(err)) from None
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 1 if report["errors"] else 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from captioner.data import DatasetError
+    from captioner.data.convert import convert_to_folder
+
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()] if args.splits else None
+    try:
+        stats = convert_to_folder(args.path, args.out, args.data_format, args.images, splits, copy=args.copy)
+    except DatasetError as err:
+        raise CliError(str(err)) from None
+    print(f"wrote {args.out}: {stats['images']} images ({stats['linked']} linked, {stats['copied']} copied), "
+          f"{stats['captions']} captions, splits {stats['splits']}")
+    return 0
