@@ -1,4 +1,4 @@
-"""``captioner data check|convert``: inspect datasets and convert them to the native caption folder."""
+"""``captioner data check|convert|subset``: inspect datasets, convert them to caption folders, make COCO subsets."""
 
 from __future__ import annotations
 
@@ -37,6 +37,27 @@ def add_parser(sub) -> None:
                          help="comma-separated splits to convert (default: all the source has)")
     convert.add_argument("--copy", action="store_true", help="copy images instead of hard-linking them")
     convert.set_defaults(run=run_convert)
+    _add_subset_parser(actions)
+
+
+def _add_subset_parser(actions) -> None:
+    subset = actions.add_parser(
+        "subset", help="make a reproducible COCO subset from the annotation files",
+        description="Select COCO images by count (seeded), category names or ids, split them by ratios and write "
+        "annotations/captions_<split>.json, a caption folder (captions.txt, splits/, images/ linked when --images "
+        "holds them) and manifest.json (arguments, sha256 of inputs and images). Same arguments: byte-identical "
+        "output. Runs on the annotation files alone; download the images afterwards with the manifest.")
+    subset.add_argument("captions", metavar="CAPTIONS_JSON", help="COCO captions file, e.g. captions_train2017.json")
+    subset.add_argument("out", metavar="OUT", help="new directory to write")
+    subset.add_argument("--instances", metavar="JSON", help="COCO instances file (needed for --categories)")
+    subset.add_argument("--count", type=positive_int, help="number of images to draw (default: all that qualify)")
+    subset.add_argument("--categories", help="comma-separated category names, e.g. dog,cat")
+    subset.add_argument("--ids", help="comma-separated image ids, or @FILE with one id per line")
+    subset.add_argument("--split-ratios", default="0.8,0.1,0.1",
+                        help="train,val[,test] shares summing to 1 (default: 0.8,0.1,0.1)")
+    subset.add_argument("--seed", type=int, default=0, help="seed for the draw and the split (default: 0)")
+    subset.add_argument("--images", metavar="DIR", help="folder holding the images already (linked and hashed)")
+    subset.set_defaults(run=run_subset)
 
 
 def _source_options(parser: argparse.ArgumentParser) -> None:
@@ -74,3 +95,42 @@ def run_convert(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}: {stats['images']} images ({stats['linked']} linked, {stats['copied']} copied), "
           f"{stats['captions']} captions, splits {stats['splits']}")
     return 0
+
+
+def run_subset(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from captioner.data import DatasetError
+    from captioner.data.coco_subset import SubsetSpec, make_subset
+
+    try:
+        spec = SubsetSpec(
+            count=args.count, seed=args.seed, ratios=tuple(_floats(args.split_ratios)),
+            categories=[c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None,
+            ids=_ids(args.ids) if args.ids else None,
+        )
+        manifest = make_subset(Path(args.captions), Path(args.out), spec,
+                               Path(args.instances) if args.instances else None,
+                               Path(args.images) if args.images else None)
+    except (DatasetError, OSError) as err:
+        raise CliError(str(err)) from None
+    print(f"wrote {args.out}: {manifest['counts']} images per split, {manifest['images_present']} image files "
+          "linked")
+    return 0
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise CliError(f"--split-ratios: expected numbers like 0.8,0.1,0.1, got {text!r}", code=2) from None
+
+
+def _ids(text: str) -> list[int]:
+    from pathlib import Path
+
+    raw = Path(text[1:]).read_text().split() if text.startswith("@") else text.split(",")
+    try:
+        return [int(v) for v in raw if v.strip()]
+    except ValueError:
+        raise CliError(f"--ids: expected whole numbers, got {text!r}", code=2) from None

@@ -64,9 +64,9 @@ def _write_folder(sets: list[CaptionSet], root: Path, copy: bool) -> dict:
             done[item.name] = item.path
             target = root / "images" / item.name
             target.parent.mkdir(parents=True, exist_ok=True)
-            was_linked = _link_or_copy(item.path, target, copy)
+            was_linked = link_or_copy(item.path, target, copy)
             linked, copied = linked + was_linked, copied + (not was_linked)
-            lines += [f"{item.name}\t{_one_line(c)}" for c in item.captions]
+            lines += [f"{item.name}\t{one_line(c)}" for c in item.captions]
         (root / "splits" / f"{data.split.replace('+', '_')}.txt").write_text(
             "".join(f"{item.name}\n" for item in data.items), encoding="utf-8")
     (root / "captions.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -74,7 +74,7 @@ def _write_folder(sets: list[CaptionSet], root: Path, copy: bool) -> dict:
             "splits": {data.split: len(data) for data in sets}}
 
 
-def _link_or_copy(src: Path, dst: Path, copy: bool) -> bool:
+def link_or_copy(src: Path, dst: Path, copy: bool) -> bool:
     """Hard-link ``src`` to ``dst`` (True), or copy it when linking is impossible or not wanted (False)."""
     if not copy:
         try:
@@ -87,5 +87,5 @@ def _link_or_copy(src: Path, dst: Path, copy: bool) -> bool:
     return False
 
 
-def _one_line(caption: str) -> str:
+def one_line(caption: str) -> str:
     return re.sub(r"[\t\r\n]+", " ", caption)  # tabs and newlines would break the TSV; keep everything else
