@@ -75,3 +75,20 @@ def test_bad_train_arguments_give_one_error_line(shapes_dataset, tmp_path, capsy
     assert code != 0 and message in err and err.startswith("error:") and "Traceback" not in err
     assert len(err.splitlines()) == 1, err
     assert (tmp_path / "earlier" / "model" / "config.json").read_text() == "{}"  # nothing of an earlier run lost
+
+
+def test_unreadable_training_images_are_skipped_or_stop_the_run(shapes_dataset, tmp_path, capsys, caplog):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(shapes_dataset, data)
+    bad = data / "images" / (data / "splits" / "train.txt").read_text().split()[0]
+    bad.write_bytes(b"\xff\xd8 truncated")
+    base = ["train", "--data", str(data), "--dry-run", "--min-count", "1"]
+    assert main([*base, "--out", str(tmp_path / "stop"), "--on-bad-image", "error"]) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]  # the rest is tqdm progress
+    assert len(errors) == 1 and "1 of 16 image(s) unreadable" in errors[0] and bad.name in errors[0]
+    assert "Traceback" not in err
+    assert main([*base, "--out", str(tmp_path / "skip")]) == 0
+    assert "1 of 16 image(s) unreadable" in caplog.text and "skipped" in caplog.text
