@@ -1,4 +1,4 @@
-"""``captioner data check|convert|subset``: inspect datasets, convert them to caption folders, make COCO subsets."""
+"""``captioner data check|convert|subset|download``: inspect, convert, subset and download datasets."""
 
 from __future__ import annotations
 
@@ -38,6 +38,9 @@ def add_parser(sub) -> None:
     convert.add_argument("--copy", action="store_true", help="copy images instead of hard-linking them")
     convert.set_defaults(run=run_convert)
     _add_subset_parser(actions)
+    from captioner.cli import download as download_cli
+
+    download_cli.add_parser(actions)
 
 
 def _add_subset_parser(actions) -> None:
