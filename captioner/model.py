@@ -121,6 +121,8 @@ class Captioner(nn.Module):
             to_json(self.config, tmp / "config.json")
             self.vocab.save(tmp / "vocab.json")
             (tmp / "README.md").write_text(card or _default_card(self.config), encoding="utf-8")
+            for path in tmp.iterdir():
+                path.chmod(0o644)  # safetensors writes its file private; a model is meant to be shared
             _replace_dir(tmp, directory)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -75,6 +75,8 @@ def _card(args, model, summary, tables, changed: int, use_half: bool) -> str:
         f"- Training data: Flickr8k train split (6,000 images, 30,000 captions) from the developers' data folder; "
         f"data sha256 (captions.txt + split files): `{files_sha256(data_files)}`",
         command,
+        "- Reproduce from scratch: `bash scripts/train_default.sh` (the same settings written out; the feature-cache "
+        "location does not change the weights)",
         f"- Seed {summary['train_config']['seed']}; selected by validation BLEU-4 (greedy) at epoch "
         f"{summary['best']['epoch']} of {summary['train_config']['epochs']}",
         f"- Wall time on 2 CPU cores: feature extraction {t['features_s']:.0f} s, training "
