@@ -16,6 +16,7 @@ T = TypeVar("T")
 
 INJECT_MODES = ("every_step", "init_only")
 CELL_TYPES = ("lstm", "gru", "rnn")
+SELECT_BY = ("cider", "bleu4", "loss")
 
 
 @dataclass(frozen=True)
@@ -107,9 +108,9 @@ class TrainConfig:
         min_count: words seen fewer times in the training captions map to ``<unk>``.
         max_caption_len: training captions are cut to this many words.
         seed: seeds python, numpy and torch; with it a CPU run is deterministic.
-        val_max_images: validation images used for BLEU each epoch (0: all).
+        val_max_images: validation uses the first N images of the split every epoch, a fixed subset (0: all).
         val_max_length: maximum generated length during validation.
-        select_by: ``bleu4`` or ``loss``: which validation figure picks the saved best model.
+        select_by: ``cider``, ``bleu4`` or ``loss``: which validation figure picks the saved best model.
         cache_dir: feature-cache directory (None: the user cache directory).
         num_threads: torch CPU threads (0: torch's default).
         on_bad_image: ``skip`` unreadable images with a warning that counts them, or ``error``.
@@ -139,6 +140,12 @@ class TrainConfig:
     on_bad_image: str = "skip"
     dry_run: bool = False
     command: str = ""
+
+    def __post_init__(self) -> None:
+        if self.select_by not in SELECT_BY:
+            raise ValueError(f"select_by must be one of {SELECT_BY}, got {self.select_by!r}")
+        if self.on_bad_image not in ("skip", "error"):
+            raise ValueError(f"on_bad_image must be skip or error, got {self.on_bad_image!r}")
 
 
 def to_json(obj: Any, path: str | Path) -> None:

@@ -7,6 +7,8 @@ user would get.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +16,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from captioner.data.base import CaptionSet, report_bad_images
+from captioner import __version__
+from captioner.data.base import CaptionSet, DatasetError, check_caption, report_bad_images
 from captioner.features import image_features
 from captioner.generate import GenerationConfig, Hypothesis
-from captioner.metrics import corpus_bleu
+from captioner.metrics import caption_stats, nltk_bleu, score_captions
 from captioner.model import Captioner
 
 logger = logging.getLogger(__name__)
@@ -25,11 +28,19 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Prediction:
-    """A generated caption for one dataset image."""
+    """A caption for one dataset image.
+
+    Attributes:
+        image: the image's name in the dataset.
+        caption: the caption text.
+        log_prob: its log-probability under the model (None for captions made elsewhere).
+        image_id: the dataset's id for the image (COCO ``id``), when it has one.
+    """
 
     image: str
     caption: str
-    log_prob: float
+    log_prob: float | None = None
+    image_id: int | str | None = None
 
 
 def caption_vectors(
@@ -60,16 +71,77 @@ def predict(
     features, failed = image_features(model, paths, cache_dir=cache_dir, progress=progress)
     keep = [i for i in range(len(paths)) if i not in failed]
     hyps = caption_vectors(model, features[keep], config, batch_size, progress)
+    items = dataset.items
     predictions = [
-        Prediction(dataset.items[i].name, model.vocab.decode(h.tokens), h.log_prob) for i, h in zip(keep, hyps)
+        Prediction(items[i].name, model.vocab.decode(h.tokens), h.log_prob, items[i].image_id)
+        for i, h in zip(keep, hyps)
     ]
     return predictions, {dataset.items[i].name: reason for i, reason in failed.items()}
 
 
-def score(predictions: list[Prediction], dataset: CaptionSet) -> dict[str, float]:
-    """BLEU-1..4 of predictions against all references of their images."""
+DEGENERATE_IDENTICAL_RATE = 0.3  # above this share of images with the most frequent caption: alarm
+DEGENERATE_UNIQUE_SHARE = 0.2  # below this many unique captions per image: alarm
+
+
+def build_report(predictions: list[Prediction], dataset: CaptionSet, decoding: dict | None = None) -> dict:
+    """Score predictions against all references of their images and describe the captions.
+
+    Args:
+        predictions: one caption per image, each naming an image of ``dataset``.
+        dataset: the split with the references.
+        decoding: how the captions were searched (None: made elsewhere).
+
+    Returns:
+        The report (see the README's "Evaluation" section); ``degenerate`` is True when the captions look
+        collapsed (the classic symptom of a preprocessing mismatch or an untrained model).
+    """
     refs = {item.name: item.captions for item in dataset.items}
-    return corpus_bleu([p.caption for p in predictions], [refs[p.image] for p in predictions])
+    captions = [p.caption for p in predictions]
+    references = [refs[p.image] for p in predictions]
+    stats = caption_stats(captions)
+    report = {
+        "metrics": score_captions(captions, references),
+        "nltk_bleu": nltk_bleu(captions, references),
+        "n_images": len(predictions),
+        **stats,
+        "degenerate": False,
+        "warnings": [],
+        "decoding": decoding,
+        "split": dataset.split,
+        "data": str(dataset.root),
+        "data_sha256": dataset_sha256(dataset),
+        "captioner_version": __version__,
+    }
+    _degenerate_alarm(report)
+    return report
+
+
+def _degenerate_alarm(report: dict) -> None:
+    n = report["n_images"]
+    collapsed = report["identical_caption_rate"] > DEGENERATE_IDENTICAL_RATE
+    if collapsed or report["unique_captions"] < DEGENERATE_UNIQUE_SHARE * n:
+        report["degenerate"] = True
+        message = (f"DEGENERATE OUTPUT: {100 * report['identical_caption_rate']:.0f}% of images get the same caption "
+                   f"and only {report['unique_captions']} of {n} captions are unique; check that the model's "
+                   "preprocessing matches its encoder and that it was trained")
+        report["warnings"].append(message)
+        logger.warning(message)
+
+
+def dataset_sha256(dataset: CaptionSet) -> str:
+    """SHA-256 of a split's image names and references, in order (format-independent)."""
+    canonical = json.dumps([[item.name, item.captions] for item in dataset.items], ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def model_sha256(model: Captioner) -> str:
+    """SHA-256 of a model's configuration, vocabulary and decoder weights (identifies what was evaluated)."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(dataclasses.asdict(model.config), sort_keys=True).encode())
+    digest.update(json.dumps(model.vocab.itos, ensure_ascii=False).encode())
+    for name, tensor in sorted(model.decoder.state_dict().items()):
+        digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def evaluate(
@@ -81,21 +153,52 @@ def evaluate(
     progress: bool = True,
     on_bad_image: str = "skip",
 ) -> tuple[dict, list[Prediction]]:
-    """Caption a split and score it.
+    """Caption a split with :func:`captioner.generate.generate` and score it.
 
     Returns:
-        ``(report, predictions)``; the report holds ``metrics`` (BLEU-1..4 fractions), image counts and decoding.
+        ``(report, predictions)``; see :func:`build_report`, plus ``model_sha256``, ``seed`` and
+        ``n_unreadable``.
     """
     predictions, failures = predict(model, dataset, config, cache_dir, batch_size, progress)
     report_bad_images(dataset, failures, on_bad_image)
-    report = {
-        "metrics": score(predictions, dataset),
-        "metric_notes": "nltk corpus_bleu, no smoothing, captioner tokenizer (lowercase, punctuation dropped)",
-        "split": dataset.split,
-        "data": str(dataset.root),
-        "n_images": len(predictions),
-        "n_unreadable": len(failures),
-        "unique_captions": len({p.caption for p in predictions}),
-        "decoding": dataclasses.asdict(config),
-    }
+    report = build_report(predictions, dataset, dataclasses.asdict(config))
+    report.update(n_unreadable=len(failures), model_sha256=model_sha256(model), seed=config.seed)
     return report, predictions
+
+
+def to_coco_results(predictions: list[Prediction]) -> list[dict]:
+    """Predictions in the COCO results format, with file names and log-probabilities added."""
+    return [{"image_id": p.image_id if p.image_id is not None else p.image, "file_name": p.image,
+             "caption": p.caption, "log_prob": p.log_prob} for p in predictions]
+
+
+def from_coco_results(rows: object, dataset: CaptionSet, source: str) -> list[Prediction]:
+    """Read COCO-results rows ``[{"image_id", "caption"}]`` (``file_name`` or ``image`` accepted instead of the id).
+
+    Raises:
+        DatasetError: not a list of such objects, an image the split does not hold, or two captions for one image.
+    """
+    if not isinstance(rows, list):
+        raise DatasetError(f"{source}: expected a JSON list of {{\"image_id\", \"caption\"}} objects")
+    by_id = {item.image_id: item for item in dataset.items if item.image_id is not None}
+    by_name = {item.name: item for item in dataset.items}
+    out: dict[str, Prediction] = {}
+    for n, row in enumerate(rows):
+        where = f"{source}: entry {n}"
+        if not isinstance(row, dict) or "caption" not in row:
+            raise DatasetError(f"{where}: needs 'caption' and 'image_id' (or 'file_name')")
+        item = _find_item(row, by_id, by_name, where, dataset.split)
+        if item.name in out:
+            raise DatasetError(f"{where}: a second caption for image {item.name}; give one caption per image")
+        out[item.name] = Prediction(item.name, check_caption(row["caption"], where), None, item.image_id)
+    return list(out.values())
+
+
+def _find_item(row: dict, by_id: dict, by_name: dict, where: str, split: str):
+    key = row.get("image_id")
+    if key in by_id:
+        return by_id[key]
+    for name in (row.get("file_name"), row.get("image"), key):
+        if isinstance(name, str) and name in by_name:
+            return by_name[name]
+    raise DatasetError(f"{where}: image {key if key is not None else row.get('file_name')!r} is not in split {split!r}")

@@ -1,6 +1,7 @@
 """The training loop: teacher forcing, cross-entropy ignoring ``<pad>``, Adam, gradient-norm clipping, and every
-epoch a validation loss plus BLEU-4 from free-running greedy generation; the best model is saved as a model
-directory in ``<out>/model``.
+epoch a validation loss plus BLEU-4 and CIDEr-D (coco-caption's, from :mod:`captioner.metrics`) of free-running
+greedy captions on a fixed validation subset; the best model (``select_by``) is saved as a model directory in
+``<out>/model``.
 
 Run directory layout: ``train_config.json``, ``model_config.json``, ``log.csv`` (step/epoch/loss/val metrics),
 ``summary.json`` and ``model/`` (the best model so far).
@@ -31,13 +32,13 @@ from captioner.data.batching import bucket_batches, caption_pairs, iterate_batch
 from captioner.evaluate import caption_vectors
 from captioner.features import image_features
 from captioner.generate import GenerationConfig
-from captioner.metrics import corpus_bleu
+from captioner.metrics import score_captions
 from captioner.model import Captioner
 from captioner.vocab import Vocabulary
 
 logger = logging.getLogger(__name__)
 
-LOG_FIELDS = ["step", "epoch", "loss", "grad_norm", "val_loss", "val_bleu4", "elapsed_s"]
+LOG_FIELDS = ["step", "epoch", "loss", "grad_norm", "val_loss", "val_bleu4", "val_cider", "elapsed_s"]
 DRY_RUN_IMAGES, DRY_RUN_BATCHES = 16, 2
 
 
@@ -194,7 +195,7 @@ def _clip(module: nn.Module, clip_norm: float) -> float:
 
 @torch.no_grad()
 def _validate(model: Captioner, loss_fn, split: Split, cfg: TrainConfig) -> dict:
-    """Teacher-forced validation loss and BLEU-4 of free-running greedy captions."""
+    """Teacher-forced validation loss, and BLEU-4 and CIDEr-D (coco-caption's) of free-running greedy captions."""
     decoder = model.decoder.eval()
     total, tokens = 0.0, 0
     batches = [list(range(i, min(i + 256, len(split.captions)))) for i in range(0, len(split.captions), 256)]
@@ -207,8 +208,8 @@ def _validate(model: Captioner, loss_fn, split: Split, cfg: TrainConfig) -> dict
     greedy = GenerationConfig(method="greedy", max_length=cfg.val_max_length)
     hyps = caption_vectors(model, split.features[images], greedy)
     preds = [model.vocab.decode(h.tokens) for h in hyps]
-    bleu = corpus_bleu(preds, [split.data.items[i].captions for i in images])
-    return {"val_loss": total / max(tokens, 1), "val_bleu4": bleu["bleu4"]}
+    scores = score_captions(preds, [split.data.items[i].captions for i in images])
+    return {"val_loss": total / max(tokens, 1), "val_bleu4": scores["bleu4"], "val_cider": scores["cider"]}
 
 
 def _is_better(row: dict, best: dict, select_by: str, has_val: bool) -> bool:
@@ -218,7 +219,7 @@ def _is_better(row: dict, best: dict, select_by: str, has_val: bool) -> bool:
         return True  # without validation, keep the latest model
     if select_by == "loss":
         return row["val_loss"] < best["val_loss"]
-    return row["val_bleu4"] > best["val_bleu4"]
+    return row[f"val_{select_by}"] > best[f"val_{select_by}"]
 
 
 def _fmt_row(row: dict) -> str:

@@ -87,19 +87,6 @@ def test_help_explains_every_option(command, capsys):
     assert "--model" in capsys.readouterr().out or command == "train"
 
 
-def test_evaluate_prints_bleu_and_writes_report(model_dir, shapes_dataset, tmp_path, capsys):
-    report = tmp_path / "report.json"
-    preds = tmp_path / "preds.json"
-    code = main(["evaluate", "--model", str(model_dir), "--data", str(shapes_dataset), "--split", "val",
-                 "--out", str(report), "--predictions", str(preds)])
-    out = capsys.readouterr().out
-    assert code == 0 and "BLEU4" in out and "18 images" in out
-    data = json.loads(report.read_text())
-    assert set(data["metrics"]) == {"bleu1", "bleu2", "bleu3", "bleu4"}
-    assert all(0 <= v <= 1 for v in data["metrics"].values())
-    assert len(json.loads(preds.read_text())) == 18
-
-
 def test_console_script_captions_samples_with_the_default_model():
     exe = Path(sys.executable).parent / "captioner"
     if not exe.exists():

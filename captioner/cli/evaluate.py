@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
 from pathlib import Path
 
 from captioner.cli.common import (
@@ -16,7 +18,9 @@ def add_parser(sub) -> None:
     parser = sub.add_parser(
         "evaluate", help="score a model on a dataset split",
         description="Caption every image of a split (free-running decoding, the same search as 'caption') and "
-        "score the captions against all references with corpus BLEU-1..4 (nltk, no smoothing).",
+        "score the captions against all references: BLEU-1..4, CIDEr-D and ROUGE-L exactly as coco-caption "
+        "computes them (Java-free), plus nltk's corpus BLEU. A collapsed output (one caption for many images) "
+        "raises a loud warning. See docs/metrics.md.",
     )
     add_model_option(parser)
     add_dataset_options(parser)
@@ -25,7 +29,8 @@ def add_parser(sub) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=128, help="images per batch (default: 128)")
     parser.add_argument("--limit", type=int, default=0, help="evaluate the first N images only; 0 = all")
     parser.add_argument("--out", metavar="FILE", help="write the report as JSON here")
-    parser.add_argument("--predictions", metavar="FILE", help="write the generated captions as JSON here")
+    parser.add_argument("--predictions", metavar="FILE",
+                        help="write the captions here in the COCO results format (image_id, caption, file_name)")
     parser.add_argument("--cache-dir", default=None, metavar="DIR", help="feature cache directory")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     add_image_options(parser)
@@ -35,43 +40,76 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from captioner.cli.common import generation_config, load_model
-    from captioner.data import DatasetError, load_dataset
-    from captioner.evaluate import evaluate
+    from captioner.data import DatasetError
+    from captioner.evaluate import evaluate, to_coco_results
 
-    for option in (args.out, args.predictions):
-        if option and Path(option).is_dir():
-            raise CliError(f"{option} is a directory; give a file name")
-        if option and not Path(option).resolve().parent.is_dir():
-            raise CliError(f"{option}: directory {Path(option).parent} does not exist; create it first")
+    check_output_files(args.out, args.predictions)
     apply_image_options(args)
-    try:
-        dataset = load_dataset(args.data, args.split, args.data_format, args.images)
-    except DatasetError as err:
-        raise CliError(str(err)) from None
+    dataset = load_split(args)
     if args.limit > 0:
         dataset = dataset.subset(args.limit)
     model = load_model(args.model, args.device)
+    start = time.perf_counter()
     try:
         report, predictions = evaluate(model, dataset, generation_config(args), cache_dir=args.cache_dir,
                                        batch_size=args.batch_size, on_bad_image=args.on_bad_image)
     except DatasetError as err:
         raise CliError(str(err)) from None
+    seconds = time.perf_counter() - start
     report["model"] = str(args.model)
-    if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    if args.predictions:
-        rows = [{"image": p.image, "caption": p.caption, "log_prob": p.log_prob} for p in predictions]
-        Path(args.predictions).write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
-    print(json.dumps(report, indent=2) if args.json else format_table(report))
+    write_json(args.predictions, to_coco_results(predictions))
+    write_json(args.out, report)
+    print(json.dumps(report, indent=2, sort_keys=True) if args.json else format_table(report))
+    print(f"captioned and scored {len(predictions)} images in {seconds:.1f} s "
+          f"({1000 * seconds / max(len(predictions), 1):.1f} s per 1000 images)", file=sys.stderr)
     return 0
 
 
+def check_output_files(*paths: str | None) -> None:
+    """Fail before any work when an output file cannot be written."""
+    for option in paths:
+        if option and Path(option).is_dir():
+            raise CliError(f"{option} is a directory; give a file name")
+        if option and not Path(option).resolve().parent.is_dir():
+            raise CliError(f"{option}: directory {Path(option).parent} does not exist; create it first")
+
+
+def load_split(args: argparse.Namespace):
+    from captioner.data import DatasetError, load_dataset
+
+    try:
+        return load_dataset(args.data, args.split, args.data_format, args.images)
+    except DatasetError as err:
+        raise CliError(str(err)) from None
+
+
+def write_json(path: str | None, data) -> None:
+    """Write JSON atomically (stable key order, so equal reports are equal bytes)."""
+    if path:
+        from captioner.checkpoint import atomic_write_text
+
+        atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
 def format_table(report: dict) -> str:
-    """A small text table of the metrics (shown as percentages)."""
-    lines = [f"{report['data']} [{report['split']}]: {report['n_images']} images, "
-             f"{report['unique_captions']} unique captions, decoding {_decoding(report['decoding'])}"]
-    lines += [f"{name.upper():<7} {100 * value:6.2f}" for name, value in report["metrics"].items()]
+    """The metrics as a text table: coco-caption metrics, then nltk BLEU, in percent (CIDEr-D ×100 too)."""
+    decoding = report.get("decoding")
+    how = "captions made elsewhere" if decoding is None else _decoding(decoding)
+    lines = [f"{report['data']} [{report['split']}]: {report['n_images']} images, {how}",
+             f"{'metric':<10}{'coco-caption':>14}{'nltk':>10}"]
+    for name, value in report["metrics"].items():
+        nltk = report["nltk_bleu"].get(name)
+        extra = f"{100 * nltk:>10.2f}" if nltk is not None else ""
+        lines.append(f"{_LABELS.get(name, name):<10}{100 * value:>14.2f}{extra}")
+    lines.append(f"unique captions {report['unique_captions']}/{report['n_images']}, identical-caption rate "
+                 f"{report['identical_caption_rate']:.3f}, vocabulary used {report['vocab_used']}, mean length "
+                 f"{report['mean_length']:.2f}")
+    lines += [f"WARNING: {w}" for w in report["warnings"]]
     return "\n".join(lines)
+
+
+_LABELS = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4", "cider": "CIDEr-D",
+           "rouge_l": "ROUGE-L"}
 
 
 def _decoding(d: dict) -> str:

@@ -14,7 +14,7 @@ from captioner.cli.common import (
 
 
 def add_parser(sub) -> None:
-    from captioner.config import CELL_TYPES, INJECT_MODES
+    from captioner.config import CELL_TYPES, INJECT_MODES, SELECT_BY
 
     parser = sub.add_parser(
         "train", help="train a model on a caption dataset",
@@ -46,8 +46,9 @@ def add_parser(sub) -> None:
     parser.add_argument("--inject", choices=INJECT_MODES, default="every_step",
                         help="every_step: image concatenated to every input (default); init_only: image sets the "
                         "initial state only")
-    parser.add_argument("--select-by", choices=["bleu4", "loss"], default="bleu4",
-                        help="validation figure that picks the saved model (default: bleu4)")
+    parser.add_argument("--select-by", choices=SELECT_BY, default="bleu4",
+                        help="validation figure that picks the saved model: CIDEr-D or BLEU-4 (coco-caption's) of "
+                        "greedy captions, or the loss (default: bleu4)")
     parser.add_argument("--val-max-images", type=int, default=0,
                         help="validate on the first N images of the split only; 0 = all (default: 0)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; CPU runs are repeatable (default: 0)")
