@@ -14,24 +14,27 @@ class CliError(Exception):
         self.code = code
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
-    return value
+def bounded(cast: type, minimum: float, inclusive: bool = True):
+    """An argparse type: a number of type ``cast`` at least (or, not ``inclusive``, above) ``minimum``."""
+    kind = "a whole number" if cast is int else "a number"
+
+    def convert(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        if not (value >= minimum if inclusive else value > minimum):  # also rejects NaN
+            bound = "of at least" if inclusive else "above"
+            raise argparse.ArgumentTypeError(f"expected a number {bound} {minimum:g}, got {text}")
+        return value
+
+    return convert
 
 
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {text}")
-    return value
+positive_int = bounded(int, 1)
+non_negative_int = bounded(int, 0)
+non_negative_float = bounded(float, 0.0)
+positive_float = bounded(float, 0.0, inclusive=False)
 
 
 def add_model_option(parser: argparse.ArgumentParser) -> None:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from captioner.cli.common import CliError, non_negative_float
+from captioner.cli.common import CliError, non_negative_float, non_negative_int, positive_float
 
 if TYPE_CHECKING:
     from captioner.download import TransferReport
@@ -79,35 +79,13 @@ def _add_network_options(parser: argparse.ArgumentParser) -> None:
         help="server to download from instead of the official COCO server (see --list), e.g. a mirror with the "
         "same paths; http:// or https://",
     )
-    parser.add_argument("--timeout", type=_positive_float, default=60.0, metavar="SECONDS",
+    parser.add_argument("--timeout", type=positive_float, default=60.0, metavar="SECONDS",
                         help="give up on a connection that sends nothing for this long (default: 60)")
-    parser.add_argument("--retries", type=_non_negative_int, default=5, metavar="N",
+    parser.add_argument("--retries", type=non_negative_int, default=5, metavar="N",
                         help="retries per request after a network failure, each resuming (default: 5)")
     parser.add_argument("--retry-wait", type=non_negative_float, default=2.0, metavar="SECONDS",
                         help="pause before the first retry, doubled for each further one (default: 2)")
     parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
-
-
-def _non_negative_int(text: str) -> int:
-    """An argparse type: a whole number of at least 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    """An argparse type: a number above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text}")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:
