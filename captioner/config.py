@@ -17,6 +17,8 @@ T = TypeVar("T")
 INJECT_MODES = ("every_step", "init_only")
 CELL_TYPES = ("lstm", "gru", "rnn")
 SELECT_BY = ("cider", "bleu4", "loss")
+SCHEDULES = ("constant", "cosine", "plateau")
+FREEZABLE = ("embedding", "decoder", "head")
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,18 @@ class TrainConfig:
         cache_dir: feature-cache directory (None: the user cache directory).
         num_threads: torch CPU threads (0: torch's default).
         on_bad_image: ``skip`` unreadable images with a warning that counts them, or ``error``.
+        schedule: learning-rate schedule: ``constant``, ``cosine`` (to 0 at the last step) or ``plateau`` (halve
+            when the ``select_by`` figure stops improving).
+        warmup_steps: linear warm-up steps (``constant`` and ``cosine``).
+        patience: stop after this many epochs without a better ``select_by`` figure (0: never stop early).
+        save_every: also write the resume state every N steps (0: only at the end of each epoch).
+        keep_checkpoints: resume states kept in ``checkpoints/`` besides the latest (the best model is always kept).
+        freeze: parts of the decoder not trained: ``embedding``, ``decoder`` (recurrent cell and image projection),
+            ``head`` (output layer).
+        unfreeze_encoder: train the last N blocks of the encoder too (0: frozen encoder, cached features).
+        encoder_lr: learning rate of the unfrozen encoder blocks (None: ``lr / 10``).
+        train_bn: let the unfrozen blocks' BatchNorm layers update their statistics (default: kept in eval mode).
+        device: ``cpu``, ``cuda`` or ``auto``; mixed precision is used on CUDA.
         dry_run: run two batches of everything, for smoke tests.
         command: the command line that started the run (recorded in the model card).
     """
@@ -138,6 +152,16 @@ class TrainConfig:
     cache_dir: str | None = None
     num_threads: int = 0
     on_bad_image: str = "skip"
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    patience: int = 0
+    save_every: int = 0
+    keep_checkpoints: int = 2
+    freeze: list[str] = field(default_factory=list)
+    unfreeze_encoder: int = 0
+    encoder_lr: float | None = None
+    train_bn: bool = False
+    device: str = "cpu"
     dry_run: bool = False
     command: str = ""
 
@@ -146,6 +170,34 @@ class TrainConfig:
             raise ValueError(f"select_by must be one of {SELECT_BY}, got {self.select_by!r}")
         if self.on_bad_image not in ("skip", "error"):
             raise ValueError(f"on_bad_image must be skip or error, got {self.on_bad_image!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        unknown = sorted(set(self.freeze) - set(FREEZABLE))
+        if unknown:
+            raise ValueError(f"cannot freeze {unknown}; choose from {', '.join(FREEZABLE)}")
+
+
+@dataclass
+class FinetuneConfig:
+    """What fine-tuning adds to a training run.
+
+    Attributes:
+        base: the model to start from: a model directory or ``default``.
+        extend_vocab: append the new data's words seen at least ``TrainConfig.min_count`` times to the vocabulary
+            (existing ids and weight rows stay bit-identical); without it unknown words map to ``<unk>``.
+        also_eval: a dataset (e.g. the base model's validation data) evaluated before and after, to measure
+            forgetting (None: skip).
+        also_eval_split: its split.
+        also_eval_format: its format (None: detect).
+        eval_max_images: evaluate at most this many images of each before/after set (0: all).
+    """
+
+    base: str = "default"
+    extend_vocab: bool = False
+    also_eval: str | None = None
+    also_eval_split: str = "val"
+    also_eval_format: str | None = None
+    eval_max_images: int = 0
 
 
 def to_json(obj: Any, path: str | Path) -> None:

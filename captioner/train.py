@@ -1,10 +1,14 @@
-"""The training loop: teacher forcing, cross-entropy ignoring ``<pad>``, Adam, gradient-norm clipping, and every
-epoch a validation loss plus BLEU-4 and CIDEr-D (coco-caption's, from :mod:`captioner.metrics`) of free-running
+"""The training loop: teacher forcing, cross-entropy ignoring ``<pad>``, Adam, gradient-norm clipping, a
+learning-rate schedule, and every epoch a validation loss plus BLEU-4 and CIDEr-D (coco-caption's) of free-running
 greedy captions on a fixed validation subset; the best model (``select_by``) is saved as a model directory in
-``<out>/model``.
+``<out>/model``, with early stopping after ``patience`` epochs without improvement.
 
-Run directory layout: ``train_config.json``, ``model_config.json``, ``log.csv`` (step/epoch/loss/val metrics),
-``summary.json`` and ``model/`` (the best model so far).
+A run can be resumed exactly: ``<out>/training_state.pt`` holds the weights, optimizer, scheduler, grad scaler,
+random states and loop position, written atomically every ``save_every`` steps and at each epoch's end. On the
+CPU with a seed, a run killed and resumed ends with the same weights as one never interrupted.
+
+Run directory: ``train_config.json``, ``model_config.json``, ``log.csv``, ``summary.json``, ``model/`` (best),
+``training_state.pt`` and ``checkpoints/`` (the last few states).
 """
 
 from __future__ import annotations
@@ -24,32 +28,74 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from captioner import encoders
-from captioner.checkpoint import CsvLog, atomic_write_text, files_sha256
+from captioner.checkpoint import CsvLog, atomic_write_text, load_training_state
 from captioner.config import ModelConfig, TrainConfig, to_json
 from captioner.data import CaptionSet, load_dataset
 from captioner.data.base import report_bad_images
 from captioner.data.batching import bucket_batches, caption_pairs, iterate_batches
 from captioner.evaluate import caption_vectors
-from captioner.features import image_features
+from captioner.features import encode_files, image_features
 from captioner.generate import GenerationConfig
+from captioner.images import ImageLoadError, load_image
 from captioner.metrics import score_captions
 from captioner.model import Captioner
+from captioner.optim import build_optimizer, build_scheduler, encoder_train_mode, set_trainable
+from captioner.resume import restore, save_state
+from captioner.runreport import fmt_row, model_card, run_summary
 from captioner.vocab import Vocabulary
 
 logger = logging.getLogger(__name__)
 
-LOG_FIELDS = ["step", "epoch", "loss", "grad_norm", "val_loss", "val_bleu4", "val_cider", "elapsed_s"]
+LOG_FIELDS = ["step", "epoch", "loss", "grad_norm", "lr", "val_loss", "val_bleu4", "val_cider", "elapsed_s"]
 DRY_RUN_IMAGES, DRY_RUN_BATCHES = 16, 2
 
 
 @dataclass
 class Split:
-    """A split ready for training: its captions and cached image vectors."""
+    """A split ready for training: its encoded captions and, with a frozen encoder, its cached image vectors."""
 
     data: CaptionSet
-    features: torch.Tensor  # (N, D)
+    features: torch.Tensor | None  # (N, D); None when the encoder trains (images are read at every step)
     image_index: list[int] = field(default_factory=list)  # caption → image row
     captions: list[list[int]] = field(default_factory=list)  # encoded captions
+
+
+@dataclass
+class Progress:
+    """Where the loop is; saved in the training state."""
+
+    epoch: int = 1
+    batch: int = 0  # batches of ``epoch`` already done
+    step: int = 0
+    best: dict = field(default_factory=dict)
+    bad_epochs: int = 0
+    history: list = field(default_factory=list)
+
+
+@dataclass
+class Run:
+    """Everything one training run works with."""
+
+    model: Captioner
+    cfg: TrainConfig
+    out: Path
+    train: Split
+    val: Split | None
+    trainable_encoder: list
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    card_extra: list[str]
+    progress: Progress = field(default_factory=Progress)
+    loss_fn: nn.Module = field(default_factory=lambda: nn.CrossEntropyLoss(ignore_index=0))
+    timings: dict = field(default_factory=dict)
+
+    log_fields: list[str] = field(default_factory=lambda: list(LOG_FIELDS))
+
+    @property
+    def amp(self) -> bool:
+        return self.device.type == "cuda"
 
 
 @dataclass
@@ -69,36 +115,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None) -> TrainResult:
-    """Train a captioner on a dataset; see the module docstring for what is written.
+def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, resume: bool = False) -> TrainResult:
+    """Train a captioner from scratch; see the module docstring for what is written.
 
     Args:
         cfg: training settings.
         model_cfg: architecture (vocabulary size and encoder fields are filled in here).
+        resume: continue the run in ``cfg.out`` from its ``training_state.pt``.
     """
-    start = time.perf_counter()
     seed_everything(cfg.seed)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    train_set, val_set = _load_splits(cfg)
+    train_set, val_set = load_splits(cfg)
     vocab = Vocabulary.build(train_set.captions(), cfg.min_count)
     model = Captioner(_complete_model_config(model_cfg or ModelConfig(), len(vocab)), vocab)
-    to_json(cfg, out / "train_config.json")
-    to_json(model.config, out / "model_config.json")
-    t0 = time.perf_counter()
-    train_split = _prepare(model, train_set, cfg)
-    val_split = _prepare(model, val_set, cfg) if val_set is not None else None
-    timings = {"features_s": time.perf_counter() - t0}
-    seed_everything(cfg.seed + 1)  # building the encoder on a cache miss draws random numbers: reseed after it
-    result = _fit(model, train_split, val_split, cfg, out, timings)
-    result.timings["total_s"] = time.perf_counter() - start
-    atomic_write_text(out / "summary.json", json.dumps(_summary(result, cfg, vocab), indent=2) + "\n")
-    return result
+    return fit(model, cfg, train_set, val_set, resume=resume)
 
 
-def _load_splits(cfg: TrainConfig) -> tuple[CaptionSet, CaptionSet | None]:
+def load_splits(cfg: TrainConfig) -> tuple[CaptionSet, CaptionSet | None]:
+    """The training split and the (fixed) validation subset, cut down for a dry run."""
     train_set = load_dataset(cfg.data, cfg.train_split, cfg.data_format, cfg.images)
     val_set = load_dataset(cfg.data, cfg.val_split, cfg.data_format, cfg.images) if cfg.val_split else None
     if cfg.dry_run:
@@ -118,9 +151,76 @@ def _complete_model_config(model_cfg: ModelConfig, vocab_size: int) -> ModelConf
     )
 
 
-def _prepare(model: Captioner, data: CaptionSet, cfg: TrainConfig) -> Split:
-    """Encode a split's images (through the cache) and its captions; unreadable images are skipped and counted."""
-    feats, failed = image_features(model, [item.path for item in data.items], cache_dir=cfg.cache_dir)
+def fit(model: Captioner, cfg: TrainConfig, train_set: CaptionSet, val_set: CaptionSet | None,
+        resume: bool = False, card_extra: list[str] | None = None) -> TrainResult:
+    """Train ``model`` on ``train_set`` (shared by ``train`` and ``finetune``).
+
+    Args:
+        model: the model to train (its vocabulary encodes the captions).
+        cfg: training settings.
+        train_set: training split.
+        val_set: validation split (None: no validation; the last epoch's model is kept).
+        resume: continue from ``cfg.out/training_state.pt``.
+        card_extra: lines added to the model card (e.g. the base model and the words added).
+    """
+    start = time.perf_counter()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    run = _build_run(model, cfg, out, train_set, val_set, card_extra or [])
+    if resume:
+        restore(run, load_training_state(out))
+    else:
+        to_json(cfg, out / "train_config.json")
+        to_json(model.config, out / "model_config.json")
+    _loop(run)
+    run.timings["total_s"] = time.perf_counter() - start
+    result = TrainResult(out / "model", run.progress.best, run.progress.history, run.timings)
+    atomic_write_text(out / "summary.json", json.dumps(run_summary(result, cfg, model.vocab), indent=2) + "\n")
+    return result
+
+
+def _build_run(model: Captioner, cfg: TrainConfig, out: Path, train_set: CaptionSet, val_set: CaptionSet | None,
+               card_extra: list[str]) -> Run:
+    device = torch.device(_device_name(cfg.device))
+    model.to(device)
+    trainable = set_trainable(model, cfg)
+    t0 = time.perf_counter()
+    train_split = _prepare(model, train_set, cfg, live=bool(trainable))
+    val_split = _prepare(model, val_set, cfg, live=bool(trainable)) if val_set is not None else None
+    seed_everything(cfg.seed + 1)  # building the encoder on a cache miss draws random numbers: reseed after it
+    optimizer = build_optimizer(model, trainable, cfg)
+    batches = len(bucket_batches([len(c) for c in train_split.captions], cfg.batch_size, torch.Generator()))
+    epochs = 1 if cfg.dry_run else cfg.epochs
+    scheduler = build_scheduler(optimizer, cfg, epochs * (min(batches, DRY_RUN_BATCHES) if cfg.dry_run else batches))
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    run = Run(model, cfg, out, train_split, val_split, trainable, optimizer, scheduler, scaler, device, card_extra,
+              loss_fn=nn.CrossEntropyLoss(ignore_index=model.vocab.pad_id))
+    run.timings["features_s"] = time.perf_counter() - t0
+    return run
+
+
+def _device_name(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    return name
+
+
+def _prepare(model: Captioner, data: CaptionSet, cfg: TrainConfig, live: bool) -> Split:
+    """Encode a split's captions and, with a frozen encoder, its images through the feature cache; unreadable
+    images are skipped and counted (or stop the run with ``on_bad_image="error"``)."""
+    if live:  # the encoder trains: no cache; check every image once so bad ones are known up front
+        feats, failed = None, {}
+        for i, item in enumerate(data.items):
+            try:
+                load_image(item.path)
+            except ImageLoadError as err:
+                failed[i] = str(err)
+    else:
+        feats, failed = image_features(model, [item.path for item in data.items], cache_dir=cfg.cache_dir)
     report_bad_images(data, {str(data.items[i].path): reason for i, reason in failed.items()}, cfg.on_bad_image)
     index, captions = caption_pairs(data, model.vocab, cfg.max_caption_len, skip=set(failed))
     if not captions:
@@ -128,133 +228,144 @@ def _prepare(model: Captioner, data: CaptionSet, cfg: TrainConfig) -> Split:
     return Split(data=data, features=feats, image_index=index, captions=captions)
 
 
-def _fit(model: Captioner, train_split: Split, val_split: Split | None, cfg: TrainConfig, out: Path,
-         timings: dict) -> TrainResult:
-    decoder = model.decoder
-    optimizer = torch.optim.Adam(decoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loss_fn = nn.CrossEntropyLoss(ignore_index=model.vocab.pad_id)
-    log = CsvLog(out / "log.csv", LOG_FIELDS)
-    history: list[dict] = []
-    best: dict = {}
-    step, epochs = 0, 1 if cfg.dry_run else cfg.epochs
+def _loop(run: Run) -> None:
+    """Epochs of training and validation from the current position until the end or early stopping."""
+    cfg, progress = run.cfg, run.progress
+    epochs = 1 if cfg.dry_run else cfg.epochs
+    log = CsvLog(run.out / "log.csv", LOG_FIELDS)
     try:
-        for epoch in range(1, epochs + 1):
+        while progress.epoch <= epochs:
             t0 = time.perf_counter()
-            step, train_loss = _train_epoch(decoder, optimizer, loss_fn, train_split, cfg, epoch, step, log)
-            timings.setdefault("epoch_s", []).append(time.perf_counter() - t0)
-            row = {"epoch": epoch, "step": step, "loss": train_loss}
-            if val_split is not None:
-                row.update(_validate(model, loss_fn, val_split, cfg))
-            row["elapsed_s"] = time.perf_counter() - t0
-            log.write(**row)
-            history.append(row)
-            logger.info("epoch %d: %s", epoch, _fmt_row(row))
-            if _is_better(row, best, cfg.select_by, val_split is not None):
-                best = dict(row)
-                model.save_pretrained(out / "model", card=_card(model, cfg, row))
+            train_loss = _train_epoch(run, log)
+            run.timings.setdefault("epoch_s", []).append(time.perf_counter() - t0)
+            if _end_epoch(run, log, train_loss, time.perf_counter() - t0):
+                break
     finally:
         log.close()
-    timings["captions_per_s"] = [len(train_split.captions) / s for s in timings.get("epoch_s", [])]
-    return TrainResult(model_dir=out / "model", best=best, history=history, timings=timings)
+    run.timings["captions_per_s"] = [len(run.train.captions) / s for s in run.timings.get("epoch_s", [])]
 
 
-def _train_epoch(decoder, optimizer, loss_fn, split: Split, cfg: TrainConfig, epoch: int, step: int,
-                 log: CsvLog) -> tuple[int, float]:
-    """One pass over the training captions; returns the new global step and the mean loss."""
-    decoder.train()
-    generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-    batches = bucket_batches([len(c) for c in split.captions], cfg.batch_size, generator)
-    if cfg.dry_run:
-        batches = batches[:DRY_RUN_BATCHES]
+def _epoch_batches(run: Run, epoch: int) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(run.cfg.seed * 1000 + epoch)
+    batches = bucket_batches([len(c) for c in run.train.captions], run.cfg.batch_size, generator)
+    return batches[:DRY_RUN_BATCHES] if run.cfg.dry_run else batches
+
+
+def _train_epoch(run: Run, log: CsvLog) -> float:
+    """The rest of the current epoch's batches; returns the mean loss of the batches run now."""
+    progress, cfg = run.progress, run.cfg
+    batches = _epoch_batches(run, progress.epoch)
+    _train_mode(run)
     total, count = 0.0, 0
-    bar = tqdm(iterate_batches(split.image_index, split.captions, batches), total=len(batches),
-               desc=f"epoch {epoch}", unit="batch", leave=False)
+    todo = batches[progress.batch :]
+    bar = tqdm(iterate_batches(run.train.image_index, run.train.captions, todo), total=len(todo),
+               desc=f"epoch {progress.epoch}", unit="batch", leave=False)
     for rows, inputs, targets in bar:
-        logits = decoder(split.features[rows], inputs)  # (B, T, V)
-        loss = loss_fn(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = _clip(decoder, cfg.clip_norm)
-        optimizer.step()
-        step += 1
-        value = loss.item()
-        if not math.isfinite(value):
-            raise FloatingPointError(f"training loss became {value} at step {step}; lower --lr or use --clip-norm")
+        value, norm = _train_step(run, rows, inputs, targets)
+        progress.batch, progress.step = progress.batch + 1, progress.step + 1
         total, count = total + value, count + 1
-        if step % 50 == 0 or cfg.dry_run:
-            log.write(step=step, epoch=epoch, loss=value, grad_norm=norm)
+        if progress.step % 50 == 0 or cfg.dry_run:
+            log.write(step=progress.step, epoch=progress.epoch, loss=value, grad_norm=norm, lr=_lr(run))
             bar.set_postfix(loss=f"{value:.3f}")
-    return step, total / max(count, 1)
+        if cfg.save_every and progress.step % cfg.save_every == 0 and progress.batch < len(batches):
+            save_state(run)
+    return total / max(count, 1)
 
 
-def _clip(module: nn.Module, clip_norm: float) -> float:
-    """Clip the global gradient norm (0: no clipping); returns the norm before clipping."""
-    max_norm = clip_norm if clip_norm > 0 else float("inf")
-    return float(torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm))
+def _train_mode(run: Run) -> None:
+    run.model.decoder.train()
+    if run.trainable_encoder:
+        encoder_train_mode(run.model, run.trainable_encoder, run.cfg.train_bn)
+
+
+def _train_step(run: Run, rows: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
+    """One optimisation step; returns the loss and the gradient norm before clipping."""
+    inputs, targets = inputs.to(run.device), targets.to(run.device)
+    with torch.autocast(device_type=run.device.type, dtype=torch.float16, enabled=run.amp):
+        logits = run.model.decoder(_train_features(run, rows), inputs)  # (B, T, V)
+        loss = run.loss_fn(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+    value = loss.item()
+    if not math.isfinite(value):
+        raise FloatingPointError(f"training loss became {value} at step {run.progress.step + 1}; lower --lr or "
+                                 "use --clip-norm")
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.unscale_(run.optimizer)
+    params = [p for group in run.optimizer.param_groups for p in group["params"]]
+    max_norm = run.cfg.clip_norm if run.cfg.clip_norm > 0 else float("inf")
+    norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    if not isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        run.scheduler.step()
+    return value, norm
+
+
+def _train_features(run: Run, rows: torch.Tensor) -> torch.Tensor:
+    """Image vectors ``(B, D)`` for a batch: cached, or computed by the (partly trainable) encoder."""
+    if run.train.features is not None:
+        return run.train.features[rows].to(run.device)
+    items = run.train.data.items
+    pixels = torch.stack([run.model.transform(load_image(items[int(i)].path)) for i in rows])  # (B, 3, H, W)
+    return run.model.encoder(pixels.to(run.device).contiguous(memory_format=torch.channels_last))
+
+
+def _lr(run: Run) -> float:
+    return float(run.optimizer.param_groups[0]["lr"])
+
+
+def _end_epoch(run: Run, log: CsvLog, train_loss: float, seconds: float) -> bool:
+    """Validate, log, keep the best model, step the schedule, save the state; True when training should stop."""
+    progress, cfg = run.progress, run.cfg
+    row = {"epoch": progress.epoch, "step": progress.step, "loss": train_loss, "lr": _lr(run)}
+    if run.val is not None:
+        row.update(_validate(run))
+    row["elapsed_s"] = seconds
+    log.write(**row)
+    progress.history.append(row)
+    logger.info("epoch %d: %s", progress.epoch, fmt_row(row))
+    if _is_better(row, progress.best, cfg.select_by, run.val is not None):
+        progress.best, progress.bad_epochs = dict(row), 0
+        run.model.save_pretrained(run.out / "model", card=model_card(run, row))
+    else:
+        progress.bad_epochs += 1
+    if isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and run.val is not None:
+        run.scheduler.step(row["val_loss"] if cfg.select_by == "loss" else row[f"val_{cfg.select_by}"])
+    progress.epoch, progress.batch = progress.epoch + 1, 0
+    save_state(run)
+    if cfg.patience and progress.bad_epochs >= cfg.patience:
+        logger.info("early stop: %d epoch(s) without a better validation %s", progress.bad_epochs, cfg.select_by)
+        return True
+    return False
 
 
 @torch.no_grad()
-def _validate(model: Captioner, loss_fn, split: Split, cfg: TrainConfig) -> dict:
+def _validate(run: Run) -> dict:
     """Teacher-forced validation loss, and BLEU-4 and CIDEr-D (coco-caption's) of free-running greedy captions."""
+    model, split = run.model, run.val
+    features = split.features
+    if features is None:  # the encoder is training: encode the validation images with its current weights
+        features = torch.from_numpy(encode_files(model, [i.path for i in split.data.items], progress=False)[0])
     decoder = model.decoder.eval()
     total, tokens = 0.0, 0
     batches = [list(range(i, min(i + 256, len(split.captions)))) for i in range(0, len(split.captions), 256)]
     for rows, inputs, targets in iterate_batches(split.image_index, split.captions, batches):
-        logits = decoder(split.features[rows], inputs)  # (B, T, V)
+        logits = decoder(features[rows].to(run.device), inputs.to(run.device))  # (B, T, V)
+        targets = targets.to(run.device)
         n = int((targets != model.vocab.pad_id).sum())
-        total += float(loss_fn(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))) * n
+        total += float(run.loss_fn(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))) * n
         tokens += n
     images = sorted(set(split.image_index))
-    greedy = GenerationConfig(method="greedy", max_length=cfg.val_max_length)
-    hyps = caption_vectors(model, split.features[images], greedy)
+    greedy = GenerationConfig(method="greedy", max_length=run.cfg.val_max_length)
+    hyps = caption_vectors(model, features[images], greedy)
     preds = [model.vocab.decode(h.tokens) for h in hyps]
     scores = score_captions(preds, [split.data.items[i].captions for i in images])
     return {"val_loss": total / max(tokens, 1), "val_bleu4": scores["bleu4"], "val_cider": scores["cider"]}
 
 
 def _is_better(row: dict, best: dict, select_by: str, has_val: bool) -> bool:
-    if not best:
-        return True
-    if not has_val:
-        return True  # without validation, keep the latest model
+    if not best or not has_val:
+        return True  # the first epoch, or without validation the latest model
     if select_by == "loss":
         return row["val_loss"] < best["val_loss"]
     return row[f"val_{select_by}"] > best[f"val_{select_by}"]
-
-
-def _fmt_row(row: dict) -> str:
-    return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
-
-
-def _card(model: Captioner, cfg: TrainConfig, row: dict) -> str:
-    """Model card markdown: data, command, architecture and the validation figures of this epoch."""
-    c = model.config
-    data = Path(cfg.data)
-    data_files = [p for p in [data / "captions.txt", *sorted((data / "splits").glob("*.txt"))] if p.is_file()]
-    lines = [
-        "# captioner model",
-        "",
-        f"- Encoder: `{c.encoder}` (frozen, {c.encoder_dim}-d pooled vector)",
-        f"- Decoder: {c.cell.upper()}, {c.num_layers} layer(s), hidden {c.hidden_dim}, embedding {c.embed_dim}, "
-        f"image projection {c.image_proj_dim}, injection `{c.inject}`, dropout {c.dropout}",
-        f"- Vocabulary: {c.vocab_size} tokens (min count {cfg.min_count})",
-        f"- Data: `{cfg.data}` (train split `{cfg.train_split}`, validation split `{cfg.val_split}`)",
-        f"- Data sha256 (captions + split files): `{files_sha256(data_files) if data_files else 'n/a'}`",
-        f"- Command: `{cfg.command or 'Python API: captioner.train.train(...)'}`",
-        f"- Seed: {cfg.seed}; epochs {cfg.epochs}, batch {cfg.batch_size}, lr {cfg.lr}, clip-norm {cfg.clip_norm}",
-        "",
-        f"Selected at epoch {row['epoch']} by validation `{cfg.select_by}`: " + _fmt_row(row),
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _summary(result: TrainResult, cfg: TrainConfig, vocab: Vocabulary) -> dict:
-    return {
-        "model_dir": str(result.model_dir),
-        "best": result.best,
-        "history": result.history,
-        "timings": result.timings,
-        "vocab_size": len(vocab),
-        "train_config": dataclasses.asdict(cfg),
-    }

@@ -83,7 +83,7 @@ COLOURS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220)}
 SHAPES = ("circle", "square", "triangle")
 
 
-def draw_shape(colour: str, shape: str, rng) -> "Image.Image":
+def draw_shape(colour: str, shape: str, rng):
     """A 96×96 picture of one coloured shape at a random place and size on a light background."""
     from PIL import Image, ImageDraw
 

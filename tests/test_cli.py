@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from captioner.cli import main
-from conftest import REPO, SAMPLES
+from conftest import SAMPLES
 
 
 @pytest.fixture

@@ -1,84 +1,163 @@
-"""``captioner train``: train a captioner on a dataset (the frozen encoder's features are cached)."""
+"""``captioner train``: train a captioner on a dataset (the frozen encoder's features are cached).
+
+The run options (data, schedule, checkpoints, freezing) are shared with ``captioner finetune``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from captioner.cli.common import (
-    CliError, add_dataset_options, add_image_options, apply_image_options, check_writable_dir, non_negative_float,
-    positive_int,
+    CliError, add_dataset_options, add_image_options, apply_image_options, bounded, check_writable_dir,
+    non_negative_float, non_negative_int, positive_int,
 )
 
 
 def add_parser(sub) -> None:
-    from captioner.config import CELL_TYPES, INJECT_MODES, SELECT_BY
+    from captioner.config import CELL_TYPES, INJECT_MODES
 
     parser = sub.add_parser(
         "train", help="train a model on a caption dataset",
         description="Train a decoder on a frozen pretrained encoder. Writes OUT/model (best model directory), "
-        "OUT/log.csv (step/epoch/loss/validation metrics) and OUT/summary.json.",
+        "OUT/log.csv (step/epoch/loss/validation metrics), OUT/summary.json and OUT/training_state.pt (for "
+        "--resume).",
     )
+    add_run_options(parser, epochs=10, lr=4e-4)
+    arch = parser.add_argument_group("architecture")
+    arch.add_argument("--encoder", default="efficientnet_lite0", help="image encoder (default: efficientnet_lite0; "
+                      "also resnet18/50/101/152, efficientnet_b0, mobilenet_v3_large)")
+    arch.add_argument("--embed-dim", type=positive_int, default=256, help="word embedding width (default: 256)")
+    arch.add_argument("--hidden-dim", type=positive_int, default=512, help="recurrent state width (default: 512)")
+    arch.add_argument("--image-proj-dim", type=positive_int, default=256,
+                      help="projected image width fed at every step (default: 256)")
+    arch.add_argument("--layers", type=positive_int, default=1, help="recurrent layers (default: 1)")
+    arch.add_argument("--dropout", type=bounded(float, 0.0), default=0.5, help="dropout (default: 0.5)")
+    arch.add_argument("--cell", choices=CELL_TYPES, default="lstm", help="recurrent cell (default: lstm)")
+    arch.add_argument("--inject", choices=INJECT_MODES, default="every_step",
+                      help="every_step: image concatenated to every input (default); init_only: image sets the "
+                      "initial state only")
+    parser.set_defaults(run=run)
+
+
+def add_run_options(parser: argparse.ArgumentParser, epochs: int, lr: float) -> None:
+    """Options of a training run, shared by ``train`` and ``finetune``."""
+    from captioner.config import FREEZABLE, SCHEDULES, SELECT_BY
+
     add_dataset_options(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="run directory to write")
     parser.add_argument("--train-split", default="train",
                         help="split to train on; join splits with '+', e.g. train+restval (default: train)")
     parser.add_argument("--val-split", default="val", help="split validated on each epoch; 'none' to skip "
                         "(default: val)")
-    parser.add_argument("--epochs", type=positive_int, default=10, help="passes over the captions (default: 10)")
+    parser.add_argument("--epochs", type=positive_int, default=epochs, help=f"passes over the captions "
+                        f"(default: {epochs})")
     parser.add_argument("--batch-size", type=positive_int, default=128, help="captions per step (default: 128)")
-    parser.add_argument("--lr", type=non_negative_float, default=4e-4, help="Adam learning rate (default: 4e-4)")
+    parser.add_argument("--lr", type=non_negative_float, default=lr, help=f"Adam learning rate (default: {lr:g})")
+    parser.add_argument("--schedule", choices=SCHEDULES, default="constant",
+                        help="learning-rate schedule: constant, cosine (to 0 at the end) or plateau (halve when the "
+                        "--select-by figure stops improving) (default: constant)")
+    parser.add_argument("--warmup-steps", type=non_negative_int, default=0, help="linear warm-up steps (default: 0)")
     parser.add_argument("--clip-norm", type=non_negative_float, default=5.0,
                         help="clip the global gradient norm to this; 0 disables (default: 5.0)")
     parser.add_argument("--min-count", type=positive_int, default=5,
                         help="words rarer than this in the training captions become <unk> (default: 5)")
-    parser.add_argument("--encoder", default="efficientnet_lite0", help="image encoder (default: "
-                        "efficientnet_lite0; see 'captioner train --list-encoders')")
-    parser.add_argument("--embed-dim", type=positive_int, default=256, help="word embedding width (default: 256)")
-    parser.add_argument("--hidden-dim", type=positive_int, default=512, help="recurrent state width (default: 512)")
-    parser.add_argument("--image-proj-dim", type=positive_int, default=256,
-                        help="projected image width fed at every step (default: 256)")
-    parser.add_argument("--layers", type=positive_int, default=1, help="recurrent layers (default: 1)")
-    parser.add_argument("--dropout", type=non_negative_float, default=0.5, help="dropout (default: 0.5)")
-    parser.add_argument("--cell", choices=CELL_TYPES, default="lstm", help="recurrent cell (default: lstm)")
-    parser.add_argument("--inject", choices=INJECT_MODES, default="every_step",
-                        help="every_step: image concatenated to every input (default); init_only: image sets the "
-                        "initial state only")
     parser.add_argument("--select-by", choices=SELECT_BY, default="bleu4",
                         help="validation figure that picks the saved model: CIDEr-D or BLEU-4 (coco-caption's) of "
                         "greedy captions, or the loss (default: bleu4)")
-    parser.add_argument("--val-max-images", type=int, default=0,
+    parser.add_argument("--patience", type=non_negative_int, default=0,
+                        help="stop after K epochs without a better --select-by figure; 0 never stops early")
+    parser.add_argument("--val-max-images", type=non_negative_int, default=0,
                         help="validate on the first N images of the split only; 0 = all (default: 0)")
+    parser.add_argument("--freeze", default="", help=f"comma-separated parts not to train: {', '.join(FREEZABLE)}")
+    parser.add_argument("--unfreeze-encoder", type=non_negative_int, default=0, metavar="N",
+                        help="also train the encoder's last N blocks (features are then not cached; slow on CPU)")
+    parser.add_argument("--encoder-lr", type=non_negative_float, default=None,
+                        help="learning rate of the unfrozen encoder blocks (default: --lr / 10)")
+    parser.add_argument("--train-bn", action="store_true",
+                        help="let the unfrozen encoder blocks' BatchNorm statistics update (default: eval mode)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; CPU runs are repeatable (default: 0)")
-    parser.add_argument("--cache-dir", default=None, metavar="DIR",
-                        help="feature cache (default: $CAPTIONER_CACHE or ~/.cache/captioner/features)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
-    add_image_options(parser)
+    parser.add_argument("--save-every", type=non_negative_int, default=0, metavar="STEPS",
+                        help="also save the resume state every N steps (default: at each epoch's end only)")
+    parser.add_argument("--keep-checkpoints", type=non_negative_int, default=2, metavar="K",
+                        help="earlier resume states kept in OUT/checkpoints (default: 2)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted run in --out exactly where its last state left it")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the model and log of an earlier run in --out (default: refuse)")
+    parser.add_argument("--cache-dir", default=None, metavar="DIR",
+                        help="feature cache (default: $CAPTIONER_CACHE or ~/.cache/captioner/features)")
+    parser.add_argument("--threads", type=non_negative_int, default=0, help="torch CPU threads; 0 = torch's default")
+    parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu",
+                        help="where to train; mixed precision on cuda (default: cpu)")
+    add_image_options(parser)
     parser.add_argument("--dry-run", action="store_true",
                         help="a couple of batches of everything on a few images, to check the wiring in seconds")
-    parser.set_defaults(run=run)
+
+
+def prepare_out(args: argparse.Namespace) -> None:
+    """Refuse to clobber an earlier run unless --overwrite; --resume needs one."""
+    out = Path(args.out)
+    check_writable_dir(out, "--out")
+    if not Path(args.data).exists():
+        raise CliError(f"--data {args.data}: no such file or directory")
+    if args.resume:
+        if not (out / "training_state.pt").is_file():
+            raise CliError(f"--resume: {out} holds no training_state.pt to continue from; run without --resume")
+        return
+    earlier = [name for name in ("model", "log.csv", "training_state.pt") if (out / name).exists()]
+    if earlier and not args.overwrite:
+        raise CliError(f"--out {out} already holds an earlier run ({', '.join(earlier)}); choose another --out, "
+                       "pass --resume to continue it or --overwrite to replace it")
+    for name in ("log.csv", "training_state.pt"):
+        if args.overwrite and (out / name).exists():
+            (out / name).unlink()
+
+
+def train_config(args: argparse.Namespace):
+    """The ``TrainConfig`` the parsed options describe."""
+    from captioner.config import TrainConfig
+
+    apply_image_options(args)
+    try:
+        return TrainConfig(
+            data=args.data, data_format=args.data_format, images=args.images, on_bad_image=args.on_bad_image,
+            out=args.out, train_split=args.train_split,
+            val_split=None if args.val_split.lower() == "none" else args.val_split, epochs=args.epochs,
+            batch_size=args.batch_size, lr=args.lr, clip_norm=args.clip_norm, min_count=args.min_count,
+            seed=args.seed, val_max_images=args.val_max_images, select_by=args.select_by, cache_dir=args.cache_dir,
+            num_threads=args.threads, schedule=args.schedule, warmup_steps=args.warmup_steps,
+            patience=args.patience, save_every=args.save_every, keep_checkpoints=args.keep_checkpoints,
+            freeze=[f.strip() for f in args.freeze.split(",") if f.strip()],
+            unfreeze_encoder=args.unfreeze_encoder, encoder_lr=args.encoder_lr, train_bn=args.train_bn,
+            device=args.device, dry_run=args.dry_run, command=shlex.join(["captioner", *sys.argv[1:]]),
+        )
+    except ValueError as err:
+        raise CliError(str(err), code=2) from None
+
+
+def run_training(start: Callable):
+    """Call ``start()`` and turn the failures a user can fix into one-line errors."""
+    from captioner.data import DatasetError
+    from captioner.encoders import EncoderWeightsError
+    from captioner.model import ModelLoadError
+
+    try:
+        return start()
+    except (DatasetError, EncoderWeightsError, ModelLoadError, FloatingPointError, FileNotFoundError,
+            ValueError) as err:
+        raise CliError(str(err)) from None
 
 
 def run(args: argparse.Namespace) -> int:
-    from captioner.config import ModelConfig, TrainConfig
-    from captioner.data import DatasetError
-    from captioner.encoders import EncoderWeightsError, get_spec
+    from captioner.config import ModelConfig
+    from captioner.encoders import get_spec
     from captioner.train import train
 
-    out = Path(args.out)
-    check_writable_dir(out, "--out")
-    earlier = [name for name in ("model", "log.csv") if (out / name).exists()]
-    if earlier and not args.overwrite:
-        raise CliError(f"--out {out} already holds an earlier run ({', '.join(earlier)}); choose another --out or "
-                       "pass --overwrite")
-    if args.overwrite and (out / "log.csv").exists():
-        (out / "log.csv").unlink()
-    if not Path(args.data).exists():
-        raise CliError(f"--data {args.data}: no such file or directory")
+    prepare_out(args)
     try:
         get_spec(args.encoder)
         model_cfg = ModelConfig(
@@ -88,19 +167,8 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as err:
         raise CliError(str(err), code=2) from None
-    apply_image_options(args)
-    cfg = TrainConfig(
-        data=args.data, data_format=args.data_format, images=args.images, on_bad_image=args.on_bad_image,
-        out=args.out, train_split=args.train_split,
-        val_split=None if args.val_split.lower() == "none" else args.val_split, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, clip_norm=args.clip_norm, min_count=args.min_count, seed=args.seed,
-        val_max_images=args.val_max_images, select_by=args.select_by, cache_dir=args.cache_dir,
-        num_threads=args.threads, dry_run=args.dry_run, command=shlex.join(["captioner", *sys.argv[1:]]),
-    )
-    try:
-        result = train(cfg, model_cfg)
-    except (DatasetError, EncoderWeightsError, FloatingPointError) as err:
-        raise CliError(str(err)) from None
+    cfg = train_config(args)
+    result = run_training(lambda: train(cfg, model_cfg, resume=args.resume))
     best = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best.items())
     print(f"best model: {result.model_dir} ({best})")
     return 0

@@ -1,0 +1,89 @@
+"""Resume after SIGKILL: an interrupted-and-resumed run ends with the same weights as an uninterrupted one."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from captioner.cli import main
+from conftest import make_caption_folder
+
+TEMPLATES = ["a {c} {s}", "one {c} {s}", "a {s} that is {c}", "there is a {c} {s}", "a {c} {s} on white",
+             "the {s} is {c}", "a small {c} {s}", "a big {c} {s}"]
+
+
+@pytest.fixture
+def wordy_shapes(shapes_dataset, tmp_path):
+    """The shapes images with eight captions each, so an epoch has enough steps to be killed in the middle."""
+    train = (shapes_dataset / "splits" / "train.txt").read_text().split()
+    val = (shapes_dataset / "splits" / "val.txt").read_text().split()
+    captions = {}
+    for name in train + val:
+        colour, shape = name.split("_")[:2]
+        captions[name] = [t.format(c=colour, s=shape) for t in TEMPLATES]
+    root = make_caption_folder(tmp_path / "wordy", captions, {"train": train, "val": val})
+    for name in train + val:
+        (root / "images" / name).symlink_to(shapes_dataset / "images" / name)
+    return root
+
+
+def _args(data, out):
+    return ["train", "--data", str(data), "--out", str(out), "--epochs", "3", "--batch-size", "8", "--min-count",
+            "1", "--embed-dim", "32", "--hidden-dim", "256", "--image-proj-dim", "32", "--dropout", "0.3",
+            "--save-every", "5", "--keep-checkpoints", "3", "--schedule", "cosine", "--warmup-steps", "10",
+            "--seed", "11", "--val-max-images", "6"]
+
+
+def _weights(run: Path) -> dict:
+    state = torch.load(run / "training_state.pt", weights_only=True)
+    return state["decoder"]
+
+
+def test_sigkill_then_resume_gives_the_same_weights(wordy_shapes, tmp_path):
+    assert main(_args(wordy_shapes, tmp_path / "whole")) == 0
+    steps_total = torch.load(tmp_path / "whole" / "training_state.pt", weights_only=True)["progress"]["step"]
+    kill_after = random.Random().randrange(6, steps_total - 10)
+    exe = [sys.executable, "-m", "captioner.cli.main", *_args(wordy_shapes, tmp_path / "cut")]
+    proc = subprocess.Popen(exe, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
+    log = tmp_path / "cut" / "log.csv"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            steps = [int(line.split(",")[0]) for line in log.read_text().splitlines()[1:]] if log.exists() else []
+            if steps and max(steps) >= kill_after:
+                break
+            time.sleep(0.005)
+        assert proc.poll() is None, "the run ended before it could be killed; make it longer"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert (tmp_path / "cut" / "training_state.pt").exists()
+    assert main([*_args(wordy_shapes, tmp_path / "cut"), "--resume"]) == 0
+    whole, cut = _weights(tmp_path / "whole"), _weights(tmp_path / "cut")
+    assert all(torch.equal(whole[k], cut[k]) for k in whole), f"weights differ after a kill at step ~{kill_after}"
+    assert (tmp_path / "whole" / "model" / "model.safetensors").read_bytes() == (
+        tmp_path / "cut" / "model" / "model.safetensors").read_bytes()
+    steps = [int(r.split(",")[0]) for r in (tmp_path / "cut" / "log.csv").read_text().splitlines()[1:]]
+    whole_steps = [int(r.split(",")[0]) for r in (tmp_path / "whole" / "log.csv").read_text().splitlines()[1:]]
+    assert steps == whole_steps, "the resumed log must neither repeat nor miss steps"
+    assert len(list((tmp_path / "cut" / "checkpoints").glob("step-*.pt"))) == 3
+
+
+def test_resume_needs_a_state_and_refuses_changed_data(wordy_shapes, tmp_path, capsys):
+    assert main([*_args(wordy_shapes, tmp_path / "none"), "--resume"]) == 1
+    assert "no training_state.pt" in capsys.readouterr().err
+    args = _args(wordy_shapes, tmp_path / "run")
+    args[args.index("--epochs") + 1] = "1"
+    assert main(args) == 0
+    assert main(args) == 1  # an earlier run is never overwritten silently
+    assert "--resume" in capsys.readouterr().err
+    assert main([*args, "--resume", "--min-count", "200"]) == 1  # another vocabulary: not the same run
+    assert "vocabulary differs" in capsys.readouterr().err
