@@ -189,6 +189,7 @@ class FinetuneConfig:
             forgetting (None: skip).
         also_eval_split: its split.
         also_eval_format: its format (None: detect).
+        eval_split: split of the new data measured before and after (None: the validation split).
         eval_max_images: evaluate at most this many images of each before/after set (0: all).
     """
 
@@ -197,6 +198,7 @@ class FinetuneConfig:
     also_eval: str | None = None
     also_eval_split: str = "val"
     also_eval_format: str | None = None
+    eval_split: str | None = None
     eval_max_images: int = 0
 
 
