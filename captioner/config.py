@@ -111,6 +111,9 @@ class TrainConfig:
         max_caption_len: training captions are cut to this many words.
         seed: seeds python, numpy and torch; with it a CPU run is deterministic.
         val_max_images: validation uses the first N images of the split every epoch, a fixed subset (0: all).
+        holdout: validate on N images held out of the training split (seeded) instead of ``val_split``, so the
+            model is selected without looking at the validation split (0: use ``val_split``).
+        label_smoothing: cross-entropy label smoothing (0: none).
         val_max_length: maximum generated length during validation.
         select_by: ``cider``, ``bleu4`` or ``loss``: which validation figure picks the saved best model.
         cache_dir: feature-cache directory (None: the user cache directory).
@@ -147,6 +150,8 @@ class TrainConfig:
     max_caption_len: int = 30
     seed: int = 0
     val_max_images: int = 0
+    holdout: int = 0
+    label_smoothing: float = 0.0
     val_max_length: int = 20
     select_by: str = "bleu4"
     cache_dir: str | None = None

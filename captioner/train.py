@@ -134,6 +134,8 @@ def load_splits(cfg: TrainConfig) -> tuple[CaptionSet, CaptionSet | None]:
     """The training split and the (fixed) validation subset, cut down for a dry run."""
     train_set = load_dataset(cfg.data, cfg.train_split, cfg.data_format, cfg.images)
     val_set = load_dataset(cfg.data, cfg.val_split, cfg.data_format, cfg.images) if cfg.val_split else None
+    if cfg.holdout:
+        train_set, val_set = hold_out(train_set, cfg.holdout, cfg.seed)
     if cfg.dry_run:
         train_set = train_set.subset(DRY_RUN_IMAGES)
         val_set = val_set.subset(DRY_RUN_IMAGES // 2) if val_set is not None else None
@@ -142,6 +144,16 @@ def load_splits(cfg: TrainConfig) -> tuple[CaptionSet, CaptionSet | None]:
     if not len(train_set):
         raise ValueError(f"{cfg.data}: split {cfg.train_split!r} has no images")
     return train_set, val_set
+
+
+def hold_out(data: CaptionSet, n: int, seed: int) -> tuple[CaptionSet, CaptionSet]:
+    """Split ``n`` images (a seeded draw) off a training split: ``(rest, held_out)``, both in the original order."""
+    if not 0 < n < len(data):
+        raise ValueError(f"--holdout {n}: the training split has {len(data)} images; hold out fewer")
+    chosen = set(random.Random(seed).sample(range(len(data)), n))
+    rest = [item for i, item in enumerate(data.items) if i not in chosen]
+    held = [item for i, item in enumerate(data.items) if i in chosen]
+    return (CaptionSet(data.root, data.split, rest), CaptionSet(data.root, f"{data.split}-holdout", held))
 
 
 def _complete_model_config(model_cfg: ModelConfig, vocab_size: int) -> ModelConfig:
@@ -196,7 +208,7 @@ def _build_run(model: Captioner, cfg: TrainConfig, out: Path, train_set: Caption
     scheduler = build_scheduler(optimizer, cfg, epochs * (min(batches, DRY_RUN_BATCHES) if cfg.dry_run else batches))
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     run = Run(model, cfg, out, train_split, val_split, trainable, optimizer, scheduler, scaler, device, card_extra,
-              loss_fn=nn.CrossEntropyLoss(ignore_index=model.vocab.pad_id))
+              loss_fn=nn.CrossEntropyLoss(ignore_index=model.vocab.pad_id, label_smoothing=cfg.label_smoothing))
     run.timings["features_s"] = time.perf_counter() - t0
     return run
 

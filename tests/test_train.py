@@ -92,3 +92,20 @@ def test_unreadable_training_images_are_skipped_or_stop_the_run(shapes_dataset, 
     assert "Traceback" not in err
     assert main([*base, "--out", str(tmp_path / "skip")]) == 0
     assert "1 of 16 image(s) unreadable" in caplog.text and "skipped" in caplog.text
+
+
+def test_holdout_validates_on_training_images_only(shapes_dataset, tmp_path):
+    from captioner.data import load_dataset
+    from captioner.train import hold_out
+
+    data = load_dataset(shapes_dataset, "train")
+    rest, held = hold_out(data, 10, seed=3)
+    assert len(held) == 10 and len(rest) == len(data) - 10
+    assert not {i.name for i in held} & {i.name for i in rest}
+    assert [i.name for i in hold_out(data, 10, seed=3)[1]] == [i.name for i in held]
+    with pytest.raises(ValueError, match="hold out fewer"):
+        hold_out(data, len(data), seed=0)
+    assert main(["train", "--data", str(shapes_dataset), "--out", str(tmp_path / "r"), "--holdout", "6",
+                 "--dry-run", "--min-count", "1", "--label-smoothing", "0.1"]) == 0
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["train_config"]["holdout"] == 6 and summary["history"][0]["val_loss"] > 0

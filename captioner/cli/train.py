@@ -70,6 +70,11 @@ def add_run_options(parser: argparse.ArgumentParser, epochs: int, lr: float) -> 
                         "greedy captions, or the loss (default: bleu4)")
     parser.add_argument("--patience", type=non_negative_int, default=0,
                         help="stop after K epochs without a better --select-by figure; 0 never stops early")
+    parser.add_argument("--holdout", type=non_negative_int, default=0, metavar="N",
+                        help="validate on N images held out of the training split (seeded) instead of --val-split, "
+                        "so that model selection never sees the validation split (default: 0, off)")
+    parser.add_argument("--label-smoothing", type=bounded(float, 0.0), default=0.0,
+                        help="cross-entropy label smoothing (default: 0)")
     parser.add_argument("--val-max-images", type=non_negative_int, default=0,
                         help="validate on the first N images of the split only; 0 = all (default: 0)")
     parser.add_argument("--freeze", default="", help=f"comma-separated parts not to train: {', '.join(FREEZABLE)}")
@@ -128,7 +133,8 @@ def train_config(args: argparse.Namespace):
             out=args.out, train_split=args.train_split,
             val_split=None if args.val_split.lower() == "none" else args.val_split, epochs=args.epochs,
             batch_size=args.batch_size, lr=args.lr, clip_norm=args.clip_norm, min_count=args.min_count,
-            seed=args.seed, val_max_images=args.val_max_images, select_by=args.select_by, cache_dir=args.cache_dir,
+            seed=args.seed, val_max_images=args.val_max_images, holdout=args.holdout,
+            label_smoothing=args.label_smoothing, select_by=args.select_by, cache_dir=args.cache_dir,
             num_threads=args.threads, schedule=args.schedule, warmup_steps=args.warmup_steps,
             patience=args.patience, save_every=args.save_every, keep_checkpoints=args.keep_checkpoints,
             freeze=[f.strip() for f in args.freeze.split(",") if f.strip()],
