@@ -34,6 +34,15 @@ class ModelLoadError(RuntimeError):
     """A model directory is missing or incomplete; the message names the path."""
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is an error that says what to do."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    return torch.device(name)
+
+
 def resolve_model_dir(name_or_dir: str | Path | None) -> Path:
     """``None`` or ``"default"`` → the embedded default model; anything else is a directory path."""
     if name_or_dir is None or str(name_or_dir) == "default":

@@ -38,7 +38,7 @@ from captioner.features import encode_files, image_features
 from captioner.generate import GenerationConfig
 from captioner.images import ImageLoadError, load_image
 from captioner.metrics import score_captions
-from captioner.model import Captioner
+from captioner.model import Captioner, resolve_device
 from captioner.optim import build_optimizer, build_scheduler, encoder_train_mode, set_trainable
 from captioner.resume import restore, save_state
 from captioner.runreport import fmt_row, model_card, run_summary
@@ -195,7 +195,7 @@ def fit(model: Captioner, cfg: TrainConfig, train_set: CaptionSet, val_set: Capt
 
 def _build_run(model: Captioner, cfg: TrainConfig, out: Path, train_set: CaptionSet, val_set: CaptionSet | None,
                card_extra: list[str]) -> Run:
-    device = torch.device(_device_name(cfg.device))
+    device = resolve_device(cfg.device)
     model.to(device)
     trainable = set_trainable(model, cfg)
     t0 = time.perf_counter()
@@ -211,14 +211,6 @@ def _build_run(model: Captioner, cfg: TrainConfig, out: Path, train_set: Caption
               loss_fn=nn.CrossEntropyLoss(ignore_index=model.vocab.pad_id, label_smoothing=cfg.label_smoothing))
     run.timings["features_s"] = time.perf_counter() - t0
     return run
-
-
-def _device_name(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda was asked for but no CUDA GPU is available; use --device cpu")
-    return name
 
 
 def _prepare(model: Captioner, data: CaptionSet, cfg: TrainConfig, live: bool) -> Split:

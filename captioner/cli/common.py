@@ -61,14 +61,13 @@ def add_decoding_options(parser: argparse.ArgumentParser, beam_size: int = 3) ->
     )
 
 
-def resolve_device(name: str) -> str:
-    import torch
+def resolve_device(name: str):
+    from captioner.model import resolve_device as resolve
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CliError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-    return name
+    try:
+        return resolve(name)
+    except ValueError as err:
+        raise CliError(str(err)) from None
 
 
 def load_model(model: str, device: str):
