@@ -57,9 +57,10 @@ def _card(args, model, summary, tables, changed: int, use_half: bool) -> str:
     t = summary["timings"]
     rows = []
     for name, (report, _) in tables.items():
-        m = report["metrics"]
+        m, nltk = report["metrics"], report["nltk_bleu"]
         rows.append(f"| {name} | {100 * m['bleu1']:.2f} | {100 * m['bleu2']:.2f} | {100 * m['bleu3']:.2f} | "
-                    f"{100 * m['bleu4']:.2f} | {report['unique_captions']} / {report['n_images']} |")
+                    f"{100 * m['bleu4']:.2f} | {m['cider']:.3f} | {100 * m['rouge_l']:.2f} | {100 * nltk['bleu4']:.2f} "
+                    f"| {report['unique_captions']} / {report['n_images']} |")
     c = model.config
     return "\n".join([
         "# captioner default model",
@@ -77,7 +78,8 @@ def _card(args, model, summary, tables, changed: int, use_half: bool) -> str:
         command,
         "- Reproduce from scratch: `bash scripts/train_default.sh` (the same settings written out; the feature-cache "
         "location does not change the weights)",
-        f"- Seed {summary['train_config']['seed']}; selected by validation BLEU-4 (greedy) at epoch "
+        f"- Seed {summary['train_config']['seed']}; selected by the validation figure "
+        f"`{summary['train_config'].get('select_by', 'bleu4')}` of greedy captions at epoch "
         f"{summary['best']['epoch']} of {summary['train_config']['epochs']}",
         f"- Wall time on 2 CPU cores: feature extraction {t['features_s']:.0f} s, training "
         f"{sum(t['epoch_s']):.0f} s, total {t['total_s']:.0f} s",
@@ -86,11 +88,12 @@ def _card(args, model, summary, tables, changed: int, use_half: bool) -> str:
         "",
         f"## Validation ({args.split} split, {tables['beam3'][0]['n_images']} images, 5 references each)",
         "",
-        "BLEU-1..4 in percent: nltk corpus_bleu, no smoothing, captioner tokenizer (lowercase, punctuation dropped),",
-        "free-running decoding, max length 20. Measured with `python scripts/export_default.py`.",
+        "coco-caption BLEU-1..4 and ROUGE-L in percent, CIDEr-D on coco-caption's scale (see docs/metrics.md), and",
+        "nltk's corpus BLEU-4 for comparison; free-running decoding, max length 20. Measured with",
+        "`python scripts/export_default.py`.",
         "",
-        "| decoding | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | unique captions |",
-        "|---|---|---|---|---|---|",
+        "| decoding | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | CIDEr-D | ROUGE-L | nltk BLEU-4 | unique captions |",
+        "|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
         "## Limits",
