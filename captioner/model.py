@@ -100,13 +100,18 @@ class Captioner(nn.Module):
         self.decoder.eval()
         return generate(self.decoder, features.to(self.device), self.vocab, config)
 
-    def caption(self, images: Sequence[Image.Image], config: GenerationConfig | None = None) -> list[str]:
-        """Caption RGB PIL images (best hypothesis each)."""
+    def caption_images(
+        self, images: Sequence[Image.Image], config: GenerationConfig | None = None
+    ) -> list[list[Hypothesis]]:
+        """Preprocess, encode and search RGB PIL images; hypotheses per image, best first."""
         if not images:
             return []
         pixels = torch.stack([self.transform(img) for img in images])  # (B, 3, H, W)
-        hyps = self.caption_features(self.encode(pixels), config)
-        return [self.vocab.decode(h[0].tokens) for h in hyps]
+        return self.caption_features(self.encode(pixels), config)
+
+    def caption(self, images: Sequence[Image.Image], config: GenerationConfig | None = None) -> list[str]:
+        """Caption RGB PIL images (best hypothesis each)."""
+        return [self.vocab.decode(h[0].tokens) for h in self.caption_images(images, config)]
 
     # --- persistence -------------------------------------------------------------------------------------
 

@@ -75,12 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _emit(model, batch: list, config, as_json: bool) -> None:
     """Caption one batch of loaded images and print the results."""
-    if not batch:
-        return
-    import torch
-
-    pixels = torch.stack([model.transform(img) for _, img in batch])  # (B, 3, H, W)
-    hyps = model.caption_features(model.encode(pixels), config)
+    hyps = model.caption_images([img for _, img in batch], config)
     for (path, _), best in zip(batch, (h[0] for h in hyps)):
         text = model.vocab.decode(best.tokens)
         if as_json:
