@@ -123,6 +123,7 @@ class TrainConfig:
             when the ``select_by`` figure stops improving).
         warmup_steps: linear warm-up steps (``constant`` and ``cosine``).
         patience: stop after this many epochs without a better ``select_by`` figure (0: never stop early).
+        log_every: write the training loss and gradient norm to ``log.csv`` every N steps (1: the full trace).
         save_every: also write the resume state every N steps (0: only at the end of each epoch).
         keep_checkpoints: resume states kept in ``checkpoints/`` besides the latest (the best model is always kept).
         freeze: parts of the decoder not trained: ``embedding``, ``decoder`` (recurrent cell and image projection),
@@ -131,6 +132,11 @@ class TrainConfig:
         encoder_lr: learning rate of the unfrozen encoder blocks (None: ``lr / 10``).
         train_bn: let the unfrozen blocks' BatchNorm layers update their statistics (default: kept in eval mode).
         device: ``cpu``, ``cuda`` or ``auto``; mixed precision is used on CUDA.
+        scst_epochs: epochs of self-critical sequence training (CIDEr-D reward on sampled captions) after the
+            ``epochs`` cross-entropy epochs, starting from the best cross-entropy model (0: none).
+        scst_lr: learning rate of the self-critical epochs (constant).
+        scst_samples: captions sampled per image; each one's baseline is the mean reward of the others.
+        scst_batch_size: images per self-critical step (``scst_batch_size * scst_samples`` sampled captions).
         dry_run: run two batches of everything, for smoke tests.
         command: the command line that started the run (recorded in the model card).
     """
@@ -160,6 +166,7 @@ class TrainConfig:
     schedule: str = "constant"
     warmup_steps: int = 0
     patience: int = 0
+    log_every: int = 50
     save_every: int = 0
     keep_checkpoints: int = 2
     freeze: list[str] = field(default_factory=list)
@@ -167,6 +174,10 @@ class TrainConfig:
     encoder_lr: float | None = None
     train_bn: bool = False
     device: str = "cpu"
+    scst_epochs: int = 0
+    scst_lr: float = 5e-5
+    scst_samples: int = 5
+    scst_batch_size: int = 50
     dry_run: bool = False
     command: str = ""
 
@@ -177,6 +188,12 @@ class TrainConfig:
             raise ValueError(f"on_bad_image must be skip or error, got {self.on_bad_image!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.scst_epochs < 0 or self.scst_samples < 2 or self.scst_batch_size < 1:
+            raise ValueError("self-critical training needs scst_epochs >= 0, scst_samples >= 2 (the baseline is the "
+                             "mean of the other samples) and scst_batch_size >= 1")
+        if self.scst_epochs and self.unfreeze_encoder:
+            raise ValueError("self-critical training works on cached image vectors: use it with a frozen encoder "
+                             "(unfreeze_encoder 0), or fine-tune the encoder in a separate run first")
         unknown = sorted(set(self.freeze) - set(FREEZABLE))
         if unknown:
             raise ValueError(f"cannot freeze {unknown}; choose from {', '.join(FREEZABLE)}")

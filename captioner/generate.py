@@ -92,7 +92,7 @@ def generate(
     return _left_to_right(decoder, features, vocab, config)
 
 
-def _log_probs(logits: torch.Tensor, vocab: Vocabulary, temperature: float = 1.0) -> torch.Tensor:
+def masked_log_probs(logits: torch.Tensor, vocab: Vocabulary, temperature: float = 1.0) -> torch.Tensor:
     """Log-softmax over the vocabulary with ``<pad> <start> <unk>`` masked out: ``(N, V)`` → ``(N, V)``."""
     logits = logits.float() / temperature
     logits[:, [vocab.pad_id, vocab.start_id, vocab.unk_id]] = float("-inf")
@@ -119,7 +119,7 @@ def _left_to_right(
     generator = _generator(config, features.device)
     for t in range(config.max_length):
         logits, state = decoder.step(tokens, image, state)
-        logp = _log_probs(logits, vocab)  # (B, V)
+        logp = masked_log_probs(logits, vocab)  # (B, V)
         if config.method == "sample":
             tokens = _sample(logits, vocab, config, generator)
         else:
@@ -145,7 +145,7 @@ def _sample(
     logits: torch.Tensor, vocab: Vocabulary, config: GenerationConfig, generator: torch.Generator | None
 ) -> torch.Tensor:
     """Draw one token per row from the tempered, top-k-filtered distribution: ``(B, V)`` → ``(B,)``."""
-    logp = _log_probs(logits, vocab, config.temperature)
+    logp = masked_log_probs(logits, vocab, config.temperature)
     if 0 < config.top_k < logp.shape[1]:
         kth = logp.topk(config.top_k, dim=-1).values[:, -1:]  # (B, 1)
         logp = logp.masked_fill(logp < kth, float("-inf"))
@@ -181,7 +181,7 @@ def _beam_search(
     offsets = (torch.arange(batch, device=device) * k).unsqueeze(1)  # (B, 1)
     for _ in range(config.max_length):
         logits, state = decoder.step(tokens, image, state)
-        logp = _log_probs(logits, vocab)  # (B*K, V)
+        logp = masked_log_probs(logits, vocab)  # (B*K, V)
         logp[done] = float("-inf")
         logp[done, vocab.pad_id] = 0.0  # a finished beam continues only with <pad>, at no cost
         vocab_size = logp.shape[1]

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from captioner import encoders
+from captioner import encoders, scst
 from captioner.checkpoint import CsvLog, atomic_write_text, load_training_state
 from captioner.config import ModelConfig, TrainConfig, to_json
 from captioner.data import CaptionSet, load_dataset
@@ -46,7 +46,8 @@ from captioner.vocab import Vocabulary
 
 logger = logging.getLogger(__name__)
 
-LOG_FIELDS = ["step", "epoch", "loss", "grad_norm", "lr", "val_loss", "val_bleu4", "val_cider", "elapsed_s"]
+LOG_FIELDS = ["step", "epoch", "loss", "grad_norm", "lr", "val_loss", "val_bleu4", "val_cider", "elapsed_s",
+              "reward"]
 DRY_RUN_IMAGES, DRY_RUN_BATCHES = 16, 2
 
 
@@ -90,7 +91,7 @@ class Run:
     progress: Progress = field(default_factory=Progress)
     loss_fn: nn.Module = field(default_factory=lambda: nn.CrossEntropyLoss(ignore_index=0))
     timings: dict = field(default_factory=dict)
-
+    reward: object = None  # SCST reward (built when self-critical training starts)
     log_fields: list[str] = field(default_factory=lambda: list(LOG_FIELDS))
 
     @property
@@ -235,7 +236,7 @@ def _prepare(model: Captioner, data: CaptionSet, cfg: TrainConfig, live: bool) -
 def _loop(run: Run) -> None:
     """Epochs of training and validation from the current position until the end or early stopping."""
     cfg, progress = run.cfg, run.progress
-    epochs = 1 if cfg.dry_run else cfg.epochs
+    epochs = total_epochs(cfg)
     log = CsvLog(run.out / "log.csv", LOG_FIELDS)
     try:
         while progress.epoch <= epochs:
@@ -249,7 +250,24 @@ def _loop(run: Run) -> None:
     run.timings["captions_per_s"] = [len(run.train.captions) / s for s in run.timings.get("epoch_s", [])]
 
 
+def xe_epochs(cfg: TrainConfig) -> int:
+    """Cross-entropy epochs (one in a dry run)."""
+    return 1 if cfg.dry_run else cfg.epochs
+
+
+def total_epochs(cfg: TrainConfig) -> int:
+    """Cross-entropy epochs plus self-critical epochs (one of each in a dry run)."""
+    return xe_epochs(cfg) + (min(cfg.scst_epochs, 1) if cfg.dry_run else cfg.scst_epochs)
+
+
+def _is_scst(cfg: TrainConfig, epoch: int) -> bool:
+    return epoch > xe_epochs(cfg)
+
+
 def _epoch_batches(run: Run, epoch: int) -> list[list[int]]:
+    if _is_scst(run.cfg, epoch):
+        batches = scst.epoch_batches(run, epoch)
+        return batches[:DRY_RUN_BATCHES] if run.cfg.dry_run else batches
     generator = torch.Generator().manual_seed(run.cfg.seed * 1000 + epoch)
     batches = bucket_batches([len(c) for c in run.train.captions], run.cfg.batch_size, generator)
     return batches[:DRY_RUN_BATCHES] if run.cfg.dry_run else batches
@@ -259,6 +277,8 @@ def _train_epoch(run: Run, log: CsvLog) -> float:
     """The rest of the current epoch's batches; returns the mean loss of the batches run now."""
     progress, cfg = run.progress, run.cfg
     batches = _epoch_batches(run, progress.epoch)
+    if _is_scst(cfg, progress.epoch):
+        return scst.train_epoch(run, log, batches)
     _train_mode(run)
     total, count = 0.0, 0
     todo = batches[progress.batch :]
@@ -268,8 +288,8 @@ def _train_epoch(run: Run, log: CsvLog) -> float:
         value, norm = _train_step(run, rows, inputs, targets)
         progress.batch, progress.step = progress.batch + 1, progress.step + 1
         total, count = total + value, count + 1
-        if progress.step % 50 == 0 or cfg.dry_run:
-            log.write(step=progress.step, epoch=progress.epoch, loss=value, grad_norm=norm, lr=_lr(run))
+        if progress.step % cfg.log_every == 0 or cfg.dry_run:
+            log.write(step=progress.step, epoch=progress.epoch, loss=value, grad_norm=norm, lr=lr_of(run))
             bar.set_postfix(loss=f"{value:.3f}")
         if cfg.save_every and progress.step % cfg.save_every == 0 and progress.batch < len(batches):
             save_state(run)
@@ -288,6 +308,15 @@ def _train_step(run: Run, rows: torch.Tensor, inputs: torch.Tensor, targets: tor
     with torch.autocast(device_type=run.device.type, dtype=torch.float16, enabled=run.amp):
         logits = run.model.decoder(_train_features(run, rows), inputs)  # (B, T, V)
         loss = run.loss_fn(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+    return loss.item(), apply_gradients(run, loss)
+
+
+def apply_gradients(run: Run, loss: torch.Tensor) -> float:
+    """Backpropagate ``loss``, clip the global gradient norm, step the optimizer and the per-step schedule.
+
+    Returns:
+        The gradient norm before clipping.
+    """
     value = loss.item()
     if not math.isfinite(value):
         raise FloatingPointError(f"training loss became {value} at step {run.progress.step + 1}; lower --lr or "
@@ -300,9 +329,10 @@ def _train_step(run: Run, rows: torch.Tensor, inputs: torch.Tensor, targets: tor
     norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     run.scaler.step(run.optimizer)
     run.scaler.update()
-    if not isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        run.scheduler.step()
-    return value, norm
+    if not _is_scst(run.cfg, run.progress.epoch) and not isinstance(
+            run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        run.scheduler.step()  # the schedule covers the cross-entropy epochs; SCST runs at a constant scst_lr
+    return norm
 
 
 def _train_features(run: Run, rows: torch.Tensor) -> torch.Tensor:
@@ -314,14 +344,14 @@ def _train_features(run: Run, rows: torch.Tensor) -> torch.Tensor:
     return run.model.encoder(pixels.to(run.device).contiguous(memory_format=torch.channels_last))
 
 
-def _lr(run: Run) -> float:
+def lr_of(run: Run) -> float:
     return float(run.optimizer.param_groups[0]["lr"])
 
 
 def _end_epoch(run: Run, log: CsvLog, train_loss: float, seconds: float) -> bool:
     """Validate, log, keep the best model, step the schedule, save the state; True when training should stop."""
     progress, cfg = run.progress, run.cfg
-    row = {"epoch": progress.epoch, "step": progress.step, "loss": train_loss, "lr": _lr(run)}
+    row = {"epoch": progress.epoch, "step": progress.step, "loss": train_loss, "lr": lr_of(run)}
     if run.val is not None:
         row.update(_validate(run))
     row["elapsed_s"] = seconds
@@ -333,14 +363,17 @@ def _end_epoch(run: Run, log: CsvLog, train_loss: float, seconds: float) -> bool
         run.model.save_pretrained(run.out / "model", card=model_card(run, row))
     else:
         progress.bad_epochs += 1
-    if isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and run.val is not None:
+    scst_phase = _is_scst(cfg, progress.epoch)
+    if isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and run.val is not None and not scst_phase:
         run.scheduler.step(row["val_loss"] if cfg.select_by == "loss" else row[f"val_{cfg.select_by}"])
     progress.epoch, progress.batch = progress.epoch + 1, 0
-    save_state(run)
-    if cfg.patience and progress.bad_epochs >= cfg.patience:
+    stop = bool(cfg.patience and progress.bad_epochs >= cfg.patience)
+    if stop:
         logger.info("early stop: %d epoch(s) without a better validation %s", progress.bad_epochs, cfg.select_by)
-        return True
-    return False
+        if cfg.scst_epochs and not scst_phase:  # end the cross-entropy phase only: self-critical training follows
+            progress.epoch, stop = xe_epochs(cfg) + 1, False
+    save_state(run)
+    return stop
 
 
 @torch.no_grad()

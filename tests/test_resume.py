@@ -37,7 +37,8 @@ def _args(data, out):
     return ["train", "--data", str(data), "--out", str(out), "--epochs", "3", "--batch-size", "8", "--min-count",
             "1", "--embed-dim", "32", "--hidden-dim", "256", "--image-proj-dim", "32", "--dropout", "0.3",
             "--save-every", "5", "--keep-checkpoints", "3", "--schedule", "cosine", "--warmup-steps", "10",
-            "--seed", "11", "--val-max-images", "6"]
+            "--seed", "11", "--val-max-images", "6", "--scst-epochs", "2", "--scst-batch-size", "2",
+            "--scst-samples", "3"]
 
 
 def _weights(run: Path) -> dict:
@@ -45,10 +46,14 @@ def _weights(run: Path) -> dict:
     return state["decoder"]
 
 
-def test_sigkill_then_resume_gives_the_same_weights(wordy_shapes, tmp_path):
+@pytest.mark.parametrize("phase", ["cross-entropy", "self-critical"])
+def test_sigkill_then_resume_gives_the_same_weights(wordy_shapes, tmp_path, phase):
     assert main(_args(wordy_shapes, tmp_path / "whole")) == 0
     steps_total = torch.load(tmp_path / "whole" / "training_state.pt", weights_only=True)["progress"]["step"]
-    kill_after = random.Random().randrange(6, steps_total - 10)
+    history = torch.load(tmp_path / "whole" / "training_state.pt", weights_only=True)["progress"]["history"]
+    xe_steps = history[2]["step"]  # the last of the 3 cross-entropy epochs
+    low, high = (6, xe_steps - 10) if phase == "cross-entropy" else (xe_steps + 1, steps_total - 5)
+    kill_after = random.Random().randrange(low, high)
     exe = [sys.executable, "-m", "captioner.cli.main", *_args(wordy_shapes, tmp_path / "cut")]
     proc = subprocess.Popen(exe, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
     log = tmp_path / "cut" / "log.csv"

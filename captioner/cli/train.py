@@ -77,6 +77,15 @@ def add_run_options(parser: argparse.ArgumentParser, epochs: int, lr: float) -> 
                         help="cross-entropy label smoothing (default: 0)")
     parser.add_argument("--val-max-images", type=non_negative_int, default=0,
                         help="validate on the first N images of the split only; 0 = all (default: 0)")
+    scst = parser.add_argument_group("self-critical training (after the cross-entropy epochs)")
+    scst.add_argument("--scst-epochs", type=non_negative_int, default=0, metavar="N",
+                      help="then N epochs optimising the CIDEr-D of sampled captions, starting from the best "
+                      "cross-entropy model (default: 0, off)")
+    scst.add_argument("--scst-lr", type=non_negative_float, default=5e-5, help="their learning rate (default: 5e-5)")
+    scst.add_argument("--scst-samples", type=bounded(int, 2), default=5, metavar="K",
+                      help="captions sampled per image; each is judged against the mean of the others (default: 5)")
+    scst.add_argument("--scst-batch-size", type=positive_int, default=50, metavar="IMAGES",
+                      help="images per self-critical step (default: 50)")
     parser.add_argument("--freeze", default="", help=f"comma-separated parts not to train: {', '.join(FREEZABLE)}")
     parser.add_argument("--unfreeze-encoder", type=non_negative_int, default=0, metavar="N",
                         help="also train the encoder's last N blocks (features are then not cached; slow on CPU)")
@@ -85,6 +94,8 @@ def add_run_options(parser: argparse.ArgumentParser, epochs: int, lr: float) -> 
     parser.add_argument("--train-bn", action="store_true",
                         help="let the unfrozen encoder blocks' BatchNorm statistics update (default: eval mode)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; CPU runs are repeatable (default: 0)")
+    parser.add_argument("--log-every", type=positive_int, default=50, metavar="STEPS",
+                        help="log the training loss and gradient norm every N steps (default: 50)")
     parser.add_argument("--save-every", type=non_negative_int, default=0, metavar="STEPS",
                         help="also save the resume state every N steps (default: at each epoch's end only)")
     parser.add_argument("--keep-checkpoints", type=non_negative_int, default=2, metavar="K",
@@ -136,10 +147,13 @@ def train_config(args: argparse.Namespace):
             seed=args.seed, val_max_images=args.val_max_images, holdout=args.holdout,
             label_smoothing=args.label_smoothing, select_by=args.select_by, cache_dir=args.cache_dir,
             num_threads=args.threads, schedule=args.schedule, warmup_steps=args.warmup_steps,
-            patience=args.patience, save_every=args.save_every, keep_checkpoints=args.keep_checkpoints,
+            patience=args.patience, log_every=args.log_every, save_every=args.save_every,
+            keep_checkpoints=args.keep_checkpoints,
             freeze=[f.strip() for f in args.freeze.split(",") if f.strip()],
             unfreeze_encoder=args.unfreeze_encoder, encoder_lr=args.encoder_lr, train_bn=args.train_bn,
-            device=args.device, dry_run=args.dry_run, command=shlex.join(["captioner", *sys.argv[1:]]),
+            device=args.device, scst_epochs=args.scst_epochs, scst_lr=args.scst_lr,
+            scst_samples=args.scst_samples, scst_batch_size=args.scst_batch_size, dry_run=args.dry_run,
+            command=shlex.join(["captioner", *sys.argv[1:]]),
         )
     except ValueError as err:
         raise CliError(str(err), code=2) from None
