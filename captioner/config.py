@@ -188,6 +188,9 @@ class TrainConfig:
             raise ValueError(f"on_bad_image must be skip or error, got {self.on_bad_image!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.epochs < 0 or self.epochs + self.scst_epochs < 1:
+            raise ValueError(f"nothing to train: epochs {self.epochs} and scst_epochs {self.scst_epochs}; train at "
+                             "least 1 epoch (--epochs 0 only makes sense with --scst-epochs)")
         if self.scst_epochs < 0 or self.scst_samples < 2 or self.scst_batch_size < 1:
             raise ValueError("self-critical training needs scst_epochs >= 0, scst_samples >= 2 (the baseline is the "
                              "mean of the other samples) and scst_batch_size >= 1")

@@ -205,7 +205,7 @@ def _build_run(model: Captioner, cfg: TrainConfig, out: Path, train_set: Caption
     seed_everything(cfg.seed + 1)  # building the encoder on a cache miss draws random numbers: reseed after it
     optimizer = build_optimizer(model, trainable, cfg)
     batches = len(bucket_batches([len(c) for c in train_split.captions], cfg.batch_size, torch.Generator()))
-    epochs = 1 if cfg.dry_run else cfg.epochs
+    epochs = xe_epochs(cfg)
     scheduler = build_scheduler(optimizer, cfg, epochs * (min(batches, DRY_RUN_BATCHES) if cfg.dry_run else batches))
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     run = Run(model, cfg, out, train_split, val_split, trainable, optimizer, scheduler, scaler, device, card_extra,
@@ -252,7 +252,7 @@ def _loop(run: Run) -> None:
 
 def xe_epochs(cfg: TrainConfig) -> int:
     """Cross-entropy epochs (one in a dry run)."""
-    return 1 if cfg.dry_run else cfg.epochs
+    return min(cfg.epochs, 1) if cfg.dry_run else cfg.epochs
 
 
 def total_epochs(cfg: TrainConfig) -> int:

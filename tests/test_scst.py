@@ -80,3 +80,14 @@ def test_bad_scst_arguments_give_one_error_line(shapes_dataset, tmp_path, capsys
     code = main(["train", "--data", str(shapes_dataset), "--out", str(tmp_path / "o"), "--dry-run", *argv])
     err = capsys.readouterr().err.strip()
     assert code != 0 and message in err and err.startswith("error:") and len(err.splitlines()) == 1, err
+
+
+def test_finetune_with_self_critical_epochs_only(tiny_model, shapes_dataset, tmp_path, capsys):
+    tiny_model.save_pretrained(tmp_path / "base")
+    out = tmp_path / "ft"
+    code = main(["finetune", "--from", str(tmp_path / "base"), "--data", str(shapes_dataset), "--out", str(out),
+                 "--epochs", "0", "--scst-epochs", "1", "--scst-batch-size", "4", "--dry-run"])
+    assert code == 0, capsys.readouterr().err
+    rows = list(csv.DictReader((out / "log.csv").open()))
+    assert rows and {r["epoch"] for r in rows} == {"1"} and any(r["reward"] for r in rows)
+    assert float(rows[0]["lr"]) == TrainConfig().scst_lr  # the first epoch is already self-critical

@@ -60,7 +60,8 @@ def test_gradient_clipping_is_applied(shapes_dataset, tmp_path):
         (["--data", "{data}", "--out", "{file}"], "is not a directory"),
         (["--data", "{data}", "--out", "{out}", "--val-split", "test"], "no such split"),
         (["--data", "{data}", "--out", "{out}", "--encoder", "resnet5O"], "did you mean resnet50"),
-        (["--data", "{data}", "--out", "{out}", "--epochs", "0"], "at least 1"),
+        (["--data", "{data}", "--out", "{out}", "--epochs", "0"], "nothing to train"),
+        (["--data", "{data}", "--out", "{out}", "--epochs", "-1"], "at least 0"),
         (["--data", "{data}", "--out", "{earlier}"], "already holds an earlier run"),
     ],
 )

@@ -53,8 +53,8 @@ def add_run_options(parser: argparse.ArgumentParser, epochs: int, lr: float) -> 
                         help="split to train on; join splits with '+', e.g. train+restval (default: train)")
     parser.add_argument("--val-split", default="val", help="split validated on each epoch; 'none' to skip "
                         "(default: val)")
-    parser.add_argument("--epochs", type=positive_int, default=epochs, help=f"passes over the captions "
-                        f"(default: {epochs})")
+    parser.add_argument("--epochs", type=non_negative_int, default=epochs, help=f"cross-entropy passes over the "
+                        f"captions; 0 with --scst-epochs: self-critical training only (default: {epochs})")
     parser.add_argument("--batch-size", type=positive_int, default=128, help="captions per step (default: 128)")
     parser.add_argument("--lr", type=non_negative_float, default=lr, help=f"Adam learning rate (default: {lr:g})")
     parser.add_argument("--schedule", choices=SCHEDULES, default="constant",
