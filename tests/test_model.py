@@ -1,5 +1,6 @@
 import json
 import re
+import shlex
 
 import pytest
 import torch
@@ -62,10 +63,37 @@ def test_the_embedded_default_model_loads_and_captions_images():
 
     assert (DEFAULT_MODEL_DIR / "model.safetensors").is_file(), "the default model must ship in the package"
     model = Captioner.from_pretrained("default")
-    assert model.config.encoder == "efficientnet_lite0" and model.config.inject == "every_step"
+    assert model.config.inject == "every_step" and model.config.cell == "lstm"  # the user's design
     red = Image.new("RGB", (300, 200), (200, 30, 30))
     captions = model.caption([red, Image.new("RGB", (64, 64), (20, 120, 20))])
     assert len(captions) == 2 and all(c.split() for c in captions)
     card = (DEFAULT_MODEL_DIR / "README.md").read_text()
     assert re.search(r"Command: `captioner (-v )?train --data", card), "the card must record the training command"
     assert "BLEU-4" in card and "scripts/train_default.sh" in card
+
+
+def _options(command: str) -> dict[str, str]:
+    """``--name value`` pairs (``--flag`` → "") of a shell command line, line continuations joined."""
+    words = shlex.split(command.replace("\\\n", " "))
+    out = {}
+    for i, word in enumerate(words):
+        if word.startswith("--"):
+            nxt = words[i + 1] if i + 1 < len(words) else ""
+            out[word] = "" if nxt.startswith("--") else nxt
+    return out
+
+
+def test_the_reproduce_script_trains_the_default_with_the_cards_settings():
+    card = (DEFAULT_MODEL_DIR / "README.md").read_text()
+    command = re.search(r"Command: `(captioner [^`]+)`", card)[1]
+    script = (DEFAULT_MODEL_DIR.parents[2] / "scripts" / "train_default.sh").read_text()
+    train_line = script[script.index("captioner -v train"): script.index("python scripts/export_default.py")]
+    trained, scripted = _options(command), _options(train_line)
+    for option, value in trained.items():
+        if option in ("--out", "--cache-dir", "--data"):
+            continue  # where things go, not what is trained
+        assert option in scripted, f"scripts/train_default.sh lacks {option} {value} (the default was trained with it)"
+        if value and scripted[option] and not scripted[option].startswith("$"):
+            assert float(value) == float(scripted[option]) if value[0].isdigit() else value == scripted[option], option
+    config = json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())
+    assert scripted["--encoder"] == config["encoder"] and int(scripted["--hidden-dim"]) == config["hidden_dim"]
