@@ -4,6 +4,7 @@
 Measures on a subset of the Flickr8k training images:
 - feature extraction, images/s, with the cache cold (empty) and warm;
 - one training epoch, captions/s, counting feature extraction: cache cold vs warm;
+- one self-critical epoch of the default model (5 sampled captions per image), sampled captions/s;
 - caption search, images/s, greedy and beam 3, on cached vectors;
 - the ``caption`` path end to end (load, preprocess, encode, beam 3), images/s.
 
@@ -59,6 +60,21 @@ def time_training(data: Path, out: Path, cache: Path) -> dict:
     }
 
 
+def time_scst(data: Path, out: Path, cache: Path) -> dict:
+    """One self-critical epoch of the default model on the subset (features cached beforehand)."""
+    from captioner.config import TrainConfig
+    from captioner.data import load_dataset
+    from captioner.model import Captioner
+    from captioner.train import fit
+
+    cfg = TrainConfig(data=str(data), out=str(out), epochs=0, scst_epochs=1, val_split=None, cache_dir=str(cache))
+    model = Captioner.from_pretrained("default")
+    result = fit(model, cfg, load_dataset(data, "train"), None)
+    seconds, images = result.timings["epoch_s"][0], len(load_dataset(data, "train"))
+    return {"epoch_s": round(seconds, 3), "images": images, "sampled_captions": images * cfg.scst_samples,
+            "sampled_captions_per_s": round(images * cfg.scst_samples / seconds, 1)}
+
+
 def time_search(model, features) -> dict:
     from captioner.evaluate import caption_vectors
     from captioner.generate import GenerationConfig
@@ -112,6 +128,7 @@ def main() -> int:
             "feature_extraction_images_per_s": {"cold": round(args.images / cold["features_s"], 1),
                                                 "warm": round(args.images / max(warm["features_s"], 1e-9), 1)},
             "train_epoch": {"cold_cache": cold, "warm_cache": warm},
+            "scst_epoch_default_model": time_scst(data, tmp / "run_scst", tmp / "cache"),
             "search_default_model": time_search(model, feats),
             "caption_end_to_end_images_per_s": time_caption_path(model, paths[:64]),
         }

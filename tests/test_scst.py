@@ -70,6 +70,7 @@ def test_train_then_scst_dry_run(shapes_dataset, tmp_path, capsys):
     assert scst_rows and all(float(r["lr"]) == 2e-5 for r in scst_rows)
     assert any(r["reward"] != "" for r in scst_rows) and all(r["reward"] == "" for r in rows if r["epoch"] == "1")
     assert rows[-1]["val_cider"] != ""
+    assert (out / "model_xe" / "model.safetensors").is_file()  # the best cross-entropy model is kept
 
 
 @pytest.mark.parametrize("argv, message", [
