@@ -6,8 +6,8 @@ with the best held-out CIDEr-D is kept), cross-entropy only, for the same number
 then scored on the val split with beam 3 (the baseline also greedy and beam 5). The gradient norm is logged at
 every step (before clipping), so the trace shows whether clipping ever engages.
 
-Usage: python scripts/ablation.py [--data ../shared/data/flickr8k] [--encoder efficientnet_lite2] [--epochs 8]
-       [--seeds 0,1,2] [--jobs 2] [--out runs/ablation] [--only baseline,init_only,...] [--cache-dir DIR]
+Usage: python scripts/ablation.py [--data ../shared/data/flickr8k] [--encoder efficientnet_lite2] [--epochs 6]
+       [--lr 1e-3] [--schedule cosine] [--seeds 0,1,2] [--jobs 2] [--out runs/ablation] [--only baseline,init_only,...] [--cache-dir DIR]
 
 Runs already finished in --out (their ``result.json`` exists) are not trained again, so the script can be
 stopped and restarted, and seeds can be added later.
@@ -55,7 +55,7 @@ def run_one(name: str, seed: int, args: argparse.Namespace, threads: int) -> dic
         return json.loads((out / "result.json").read_text())
     _, model_kw, train_kw = VARIANTS[name]
     cfg = TrainConfig(data=str(args.data), out=str(out), epochs=args.epochs, seed=seed, holdout=500, lr=args.lr,
-                      select_by="cider", cache_dir=args.cache_dir, num_threads=threads, log_every=1,
+                      schedule=args.schedule, select_by="cider", cache_dir=args.cache_dir, num_threads=threads, log_every=1,
                       **{"clip_norm": CLIP, **train_kw})
     t0 = time.perf_counter()
     result = train(cfg, ModelConfig(encoder=args.encoder, **model_kw))
@@ -115,8 +115,9 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data"
                         / "flickr8k")
     parser.add_argument("--encoder", default="efficientnet_lite2")
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=4e-4)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--schedule", default="cosine")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (each with 2/jobs threads)")
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"))

@@ -8,8 +8,8 @@ data=${1:-../shared/data/flickr8k}
 run=${2:-runs/default}
 start=$(date +%s)
 captioner -v train --data "$data" --out "$run" --encoder efficientnet_lite2 --epochs 15 --batch-size 128 \
-  --lr 1e-3 --schedule cosine --clip-norm 5.0 --embed-dim 256 --hidden-dim 512 --image-proj-dim 256 --dropout 0.5 --min-count 5 \
-  --holdout 500 --select-by cider --patience 3 --scst-epochs 6 --scst-lr 5e-5 --scst-samples 5 \
+  --lr 1e-3 --schedule cosine --clip-norm 5.0 --embed-dim 256 --hidden-dim 512 --image-proj-dim 256 --dropout 0.5 \
+  --min-count 5 --holdout 500 --select-by cider --patience 3 --scst-epochs 6 --scst-lr 5e-5 --scst-samples 5 \
   --scst-batch-size 50 --seed 0 --cache-dir "$run/features"
 python scripts/export_default.py "$run" --data "$data" --dest "$run/export" --cache-dir "$run/features"
 echo "wall time: $(( $(date +%s) - start )) s"
