@@ -71,7 +71,7 @@ def begin(run: Run) -> None:
     """Switch a run from cross-entropy to SCST: the best model so far (also copied to ``OUT/model_xe``), a fresh
     optimizer state, ``scst_lr``."""
     best = run.out / "model"
-    if (best / "model.safetensors").is_file():
+    if run.progress.best and (best / "model.safetensors").is_file():  # saved by this run's cross-entropy epochs
         copy_model_dir(best, run.out / "model_xe")  # kept for comparison: SCST replaces OUT/model when better
         best_model = Captioner.from_pretrained(best)
         run.model.decoder.load_state_dict(best_model.decoder.state_dict())
