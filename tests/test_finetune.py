@@ -88,7 +88,7 @@ def test_bad_finetune_arguments(tmp_path, shapes_dataset, capsys):
     for extra, message in [(["--from", str(tmp_path / "nope")], "not a captioner model directory"),
                            (["--freeze", "wings"], "cannot freeze"),
                            (["--also-eval", str(tmp_path / "nope")], "no such file"),
-                           (["--unfreeze-encoder", "99", "--dry-run"], "has 18 blocks")]:
+                           (["--unfreeze-encoder", "99", "--dry-run"], "--unfreeze-encoder 99: efficientnet_lite")]:
         assert main([*base, *extra]) != 0
         err = capsys.readouterr().err
         assert message in err and err.startswith("error:"), err
