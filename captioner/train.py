@@ -274,26 +274,35 @@ def _epoch_batches(run: Run, epoch: int) -> list[list[int]]:
 
 
 def _train_epoch(run: Run, log: CsvLog) -> float:
-    """The rest of the current epoch's batches; returns the mean loss of the batches run now."""
+    """The rest of the current epoch's batches (cross-entropy or self-critical); returns the mean loss of the
+    batches run now."""
     progress, cfg = run.progress, run.cfg
     batches = _epoch_batches(run, progress.epoch)
     if _is_scst(cfg, progress.epoch):
-        return scst.train_epoch(run, log, batches)
-    _train_mode(run)
+        step, label = scst.epoch_step(run), f"epoch {progress.epoch} (scst)"
+    else:
+        _train_mode(run)
+        step, label = (lambda batch: _xe_step(run, batch)), f"epoch {progress.epoch}"
     total, count = 0.0, 0
     todo = batches[progress.batch :]
-    bar = tqdm(iterate_batches(run.train.image_index, run.train.captions, todo), total=len(todo),
-               desc=f"epoch {progress.epoch}", unit="batch", leave=False)
-    for rows, inputs, targets in bar:
-        value, norm = _train_step(run, rows, inputs, targets)
+    bar = tqdm(todo, desc=label, unit="batch", leave=False)
+    for batch in bar:
+        value, norm, extra = step(batch)
         progress.batch, progress.step = progress.batch + 1, progress.step + 1
         total, count = total + value, count + 1
         if progress.step % cfg.log_every == 0 or cfg.dry_run:
-            log.write(step=progress.step, epoch=progress.epoch, loss=value, grad_norm=norm, lr=lr_of(run))
+            log.write(step=progress.step, epoch=progress.epoch, loss=value, grad_norm=norm, lr=lr_of(run), **extra)
             bar.set_postfix(loss=f"{value:.3f}")
         if cfg.save_every and progress.step % cfg.save_every == 0 and progress.batch < len(batches):
             save_state(run)
     return total / max(count, 1)
+
+
+def _xe_step(run: Run, batch: list[int]) -> tuple[float, float, dict]:
+    """One teacher-forced step on a batch of caption indices: ``(loss, gradient norm, extra log fields)``."""
+    rows, inputs, targets = next(iterate_batches(run.train.image_index, run.train.captions, [batch]))
+    value, norm = _train_step(run, rows, inputs, targets)
+    return value, norm, {}
 
 
 def _train_mode(run: Run) -> None:
