@@ -7,7 +7,8 @@ then scored on the val split with beam 3 (the baseline also greedy and beam 5). 
 every step (before clipping), so the trace shows whether clipping ever engages.
 
 Usage: python scripts/ablation.py [--data ../shared/data/flickr8k] [--encoder efficientnet_lite2] [--epochs 6]
-       [--lr 1e-3] [--schedule cosine] [--seeds 0,1,2] [--jobs 2] [--out runs/ablation] [--only baseline,init_only,...] [--cache-dir DIR]
+       [--lr 1e-3] [--schedule cosine] [--seeds 0,1,2] [--jobs 2] [--out runs/ablation]
+       [--only baseline,init_only,...] [--cache-dir DIR]
 
 Runs already finished in --out (their ``result.json`` exists) are not trained again, so the script can be
 stopped and restarted, and seeds can be added later.
@@ -55,8 +56,8 @@ def run_one(name: str, seed: int, args: argparse.Namespace, threads: int) -> dic
         return json.loads((out / "result.json").read_text())
     _, model_kw, train_kw = VARIANTS[name]
     cfg = TrainConfig(data=str(args.data), out=str(out), epochs=args.epochs, seed=seed, holdout=500, lr=args.lr,
-                      schedule=args.schedule, select_by="cider", cache_dir=args.cache_dir, num_threads=threads, log_every=1,
-                      **{"clip_norm": CLIP, **train_kw})
+                      schedule=args.schedule, select_by="cider", cache_dir=args.cache_dir, num_threads=threads,
+                      log_every=1, **{"clip_norm": CLIP, **train_kw})
     t0 = time.perf_counter()
     result = train(cfg, ModelConfig(encoder=args.encoder, **model_kw))
     minutes = (time.perf_counter() - t0) / 60
@@ -67,7 +68,8 @@ def run_one(name: str, seed: int, args: argparse.Namespace, threads: int) -> dic
         report, _ = evaluate(model, val, _decoding(label), cache_dir=args.cache_dir, progress=False)
         scores[label] = {k: round(v, 4) for k, v in report["metrics"].items()}
         scores[label]["identical_caption_rate"] = round(report["identical_caption_rate"], 4)
-    norms = [float(r["grad_norm"]) for r in csv.DictReader(open(out / "log.csv")) if r["grad_norm"]]
+    with open(out / "log.csv", newline="", encoding="utf-8") as handle:
+        norms = [float(r["grad_norm"]) for r in csv.DictReader(handle) if r["grad_norm"]]
     record = {"variant": name, "seed": seed, "epochs": args.epochs, "selected_epoch": result.best["epoch"],
               "train_minutes": round(minutes, 1), "scores": scores, "grad_norm": _norm_stats(norms)}
     (out / "result.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -76,7 +78,8 @@ def run_one(name: str, seed: int, args: argparse.Namespace, threads: int) -> dic
 
 def _norm_stats(norms: list[float]) -> dict:
     ordered = sorted(norms)
-    return {"steps": len(norms), "mean": round(statistics.fmean(norms), 3), "median": round(ordered[len(ordered) // 2], 3),
+    return {"steps": len(norms), "mean": round(statistics.fmean(norms), 3),
+            "median": round(ordered[len(ordered) // 2], 3),
             "p99": round(ordered[int(0.99 * (len(ordered) - 1))], 3), "max": round(ordered[-1], 3),
             "first_100_max": round(max(norms[:100]), 3), f"steps_above_{CLIP:g}": sum(n > CLIP for n in norms)}
 
@@ -105,8 +108,8 @@ def table(results: list[dict]) -> str:
                 f"| {label} | {len(records)} | {_mean_spread([s['bleu4'] for s in rows])} "
                 f"| {_mean_spread([s['cider'] for s in rows], 3)} | {_mean_spread([s['rouge_l'] for s in rows])} "
                 f"| {_mean_spread([s['identical_caption_rate'] for s in rows], 3)} "
-                f"| {statistics.fmean(n['median'] for n in norms):.2f} / {statistics.fmean(n['p99'] for n in norms):.2f}"
-                f" / {max(n['max'] for n in norms):.2f} | {sum(n[f'steps_above_{CLIP:g}'] for n in norms)} |")
+                f"| {statistics.fmean(n['median'] for n in norms):.2f} "
+                f"/ {statistics.fmean(n['p99'] for n in norms):.2f} / {max(n['max'] for n in norms):.2f} | {sum(n[f'steps_above_{CLIP:g}'] for n in norms)} |")
     return "\n".join(lines)
 
 

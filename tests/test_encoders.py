@@ -18,8 +18,8 @@ def test_every_registered_encoder_gives_its_declared_width(name):
 
 
 def test_required_backbones_are_registered():
-    wanted = {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18", "resnet50", "resnet101", "resnet152", "efficientnet_b0",
-              "mobilenet_v3_large"}
+    wanted = {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18", "resnet50", "resnet101",
+              "resnet152", "efficientnet_b0", "mobilenet_v3_large"}
     assert wanted <= set(encoders.available_encoders())
 
 
