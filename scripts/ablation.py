@@ -109,7 +109,8 @@ def table(results: list[dict]) -> str:
                 f"| {_mean_spread([s['cider'] for s in rows], 3)} | {_mean_spread([s['rouge_l'] for s in rows])} "
                 f"| {_mean_spread([s['identical_caption_rate'] for s in rows], 3)} "
                 f"| {statistics.fmean(n['median'] for n in norms):.2f} "
-                f"/ {statistics.fmean(n['p99'] for n in norms):.2f} / {max(n['max'] for n in norms):.2f} | {sum(n[f'steps_above_{CLIP:g}'] for n in norms)} |")
+                f"/ {statistics.fmean(n['p99'] for n in norms):.2f} / {max(n['max'] for n in norms):.2f} "
+                f"| {sum(n[f'steps_above_{CLIP:g}'] for n in norms)} |")
     return "\n".join(lines)
 
 
