@@ -16,6 +16,7 @@ T = TypeVar("T")
 
 INJECT_MODES = ("every_step", "init_only")
 CELL_TYPES = ("lstm", "gru", "rnn")
+POOLINGS = ("avg", "avgmax")
 SELECT_BY = ("cider", "bleu4", "loss")
 SCHEDULES = ("constant", "cosine", "plateau")
 FREEZABLE = ("embedding", "decoder", "head")
@@ -51,6 +52,8 @@ class ModelConfig:
     Attributes:
         encoder: name in the encoder registry (``captioner.encoders.available_encoders()``).
         encoder_dim: width of the pooled image vector the encoder produces.
+        pooling: how the encoder's feature map becomes a vector: ``avg`` (spatial mean) or ``avgmax`` (mean and
+            max concatenated: twice as wide).
         preprocess: preprocessing the encoder's weights expect.
         encoder_weights_in_file: True when ``model.safetensors`` holds the encoder's weights too (a fine-tuned
             encoder); False when the encoder's pretrained weights are loaded from their package.
@@ -67,6 +70,7 @@ class ModelConfig:
 
     encoder: str = "efficientnet_lite0"
     encoder_dim: int = 1280
+    pooling: str = "avg"
     preprocess: Preprocess = field(default_factory=Preprocess)
     encoder_weights_in_file: bool = False
     vocab_size: int = 4
@@ -85,6 +89,8 @@ class ModelConfig:
             self.preprocess = Preprocess(**pre)
         if self.cell not in CELL_TYPES:
             raise ValueError(f"cell must be one of {CELL_TYPES}, got {self.cell!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.inject not in INJECT_MODES:
             raise ValueError(f"inject must be one of {INJECT_MODES}, got {self.inject!r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -114,6 +120,8 @@ class TrainConfig:
         holdout: validate on N images held out of the training split (seeded) instead of ``val_split``, so the
             model is selected without looking at the validation split (0: use ``val_split``).
         label_smoothing: cross-entropy label smoothing (0: none).
+        flip_features: augment the training images with their mirror images: each step takes the original or the
+            mirrored image's vector with equal probability (both cached; see :mod:`captioner.splits`).
         val_max_length: maximum generated length during validation.
         select_by: ``cider``, ``bleu4`` or ``loss``: which validation figure picks the saved best model.
         cache_dir: feature-cache directory (None: the user cache directory).
@@ -158,6 +166,7 @@ class TrainConfig:
     val_max_images: int = 0
     holdout: int = 0
     label_smoothing: float = 0.0
+    flip_features: bool = False
     val_max_length: int = 20
     select_by: str = "bleu4"
     cache_dir: str | None = None

@@ -21,37 +21,53 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from captioner.config import Preprocess
+from captioner.config import POOLINGS, Preprocess
 
 
 class EncoderWeightsError(RuntimeError):
     """Pretrained weights are missing; the message says which file to put where."""
 
 
+def pooled_dim(channels: int, pooling: str) -> int:
+    """Width of the image vector for a trunk with ``channels`` output channels and a pooling mode."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    return channels * (2 if pooling == "avgmax" else 1)
+
+
 class ImageEncoder(nn.Module):
-    """A CNN trunk with global average pooling: images ``(B, 3, H, W)`` → vectors ``(B, out_dim)``.
+    """A CNN trunk with global pooling: images ``(B, 3, H, W)`` → vectors ``(B, out_dim)``.
 
     Attributes:
         trunk: maps images to a feature map ``(B, C, h, w)``.
-        classifier: the ImageNet head on the pooled vector, kept for checking that weights are real (may be None).
+        channels: ``C``.
+        pooling: ``avg`` (the spatial mean, ``out_dim = C``) or ``avgmax`` (mean and max over the map,
+            concatenated, ``out_dim = 2C``).
+        classifier: the ImageNet head on the mean vector, kept for checking that weights are real (may be None).
     """
 
-    def __init__(self, trunk: nn.Module, out_dim: int, classifier: nn.Module | None = None) -> None:
+    def __init__(self, trunk: nn.Module, out_dim: int, classifier: nn.Module | None = None,
+                 pooling: str = "avg") -> None:
         super().__init__()
         self.trunk = trunk
-        self.out_dim = out_dim
+        self.channels = out_dim
+        self.pooling = pooling
+        self.out_dim = pooled_dim(out_dim, pooling)
         self.classifier = classifier
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Args: images ``(B, 3, H, W)``, normalised. Returns: pooled features ``(B, out_dim)``."""
         fmap = self.trunk(images)  # (B, C, h, w)
-        return fmap.mean(dim=(2, 3))  # (B, C)
+        mean = fmap.mean(dim=(2, 3))  # (B, C)
+        if self.pooling == "avg":
+            return mean
+        return torch.cat([mean, fmap.amax(dim=(2, 3))], dim=1)  # (B, 2C)
 
     def classify(self, images: torch.Tensor) -> torch.Tensor:
         """ImageNet logits ``(B, 1000)``; raises if this encoder has no classifier head."""
         if self.classifier is None:
             raise RuntimeError("this encoder was built without its ImageNet classifier head")
-        return self.classifier(self.forward(images))
+        return self.classifier(self.trunk(images).mean(dim=(2, 3)))
 
 
 @dataclass(frozen=True)
@@ -60,7 +76,7 @@ class EncoderSpec:
 
     Attributes:
         name: registry name (stored in ``config.json``).
-        out_dim: width of the pooled vector.
+        out_dim: number of channels of the trunk's feature map (the width of the ``avg`` pooled vector).
         preprocess: what the weights expect.
         builder: ``builder(pretrained) -> ImageEncoder``.
         weights_id: identifies the pretrained weights (part of the feature-cache key).
@@ -101,14 +117,17 @@ def get_spec(name: str) -> EncoderSpec:
         raise ValueError(f"unknown encoder {name!r}; {hint}available: {', '.join(available_encoders())}") from None
 
 
-def build_encoder(name: str, pretrained: bool = True) -> ImageEncoder:
+def build_encoder(name: str, pretrained: bool = True, pooling: str = "avg") -> ImageEncoder:
     """Build a registered encoder in eval mode.
 
     Args:
         name: registry name.
         pretrained: load the pretrained weights (False: random weights, for tests).
+        pooling: ``avg`` or ``avgmax`` (see :class:`ImageEncoder`).
     """
+    pooled_dim(1, pooling)  # validate before the (slow) build
     encoder = get_spec(name).builder(pretrained)
+    encoder.pooling, encoder.out_dim = pooling, pooled_dim(encoder.channels, pooling)
     return encoder.eval()
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import ImageOps
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -39,7 +40,8 @@ def _collate(batch):
 
 
 def encode_files(
-    model: Captioner, paths: Sequence[Path], batch_size: int = 32, num_workers: int = 1, progress: bool = True
+    model: Captioner, paths: Sequence[Path], batch_size: int = 32, num_workers: int = 1, progress: bool = True,
+    mirror: bool = False,
 ) -> tuple[np.ndarray, dict[int, str]]:
     """Encode image files with ``model``'s encoder.
 
@@ -49,6 +51,7 @@ def encode_files(
         batch_size: images per forward pass.
         num_workers: processes decoding images while the encoder runs (0: decode in this process).
         progress: show a tqdm bar.
+        mirror: encode the images mirrored left-right (training augmentation).
 
     Returns:
         ``(features (N, D), failures)`` where ``failures`` maps the index of each unreadable image to the reason;
@@ -57,7 +60,7 @@ def encode_files(
     out = np.zeros((len(paths), model.config.encoder_dim), dtype=np.float32)
     failures: dict[int, str] = {}
     loader = DataLoader(
-        _ImageFiles(paths, model.transform),
+        _ImageFiles(paths, _Mirrored(model.transform) if mirror else model.transform),
         batch_size=batch_size,
         num_workers=num_workers if len(paths) > batch_size else 0,
         collate_fn=_collate,
@@ -71,12 +74,26 @@ def encode_files(
     return out, failures
 
 
-def encoder_cache_key(model: Captioner) -> str:
-    """What makes two encoders give the same vectors: name, weights and preprocessing."""
+class _Mirrored:
+    """A transform applied to the left-right mirror image (a class, not a closure, so loader workers can pickle it)."""
+
+    def __init__(self, transform) -> None:
+        self.transform = transform
+
+    def __call__(self, image):
+        return self.transform(ImageOps.mirror(image))
+
+
+def encoder_cache_key(model: Captioner, mirror: bool = False) -> str:
+    """What makes two encoders give the same vectors: name, weights, preprocessing, pooling and the mirror view
+    (``avg`` pooling and the unmirrored view are left out of the key, so that caches written before those options
+    existed stay valid)."""
     from captioner.encoders import get_spec
 
     spec = get_spec(model.config.encoder)
-    return f"{spec.name}|{spec.weights_id}|{model.config.preprocess.key()}"
+    pooling = "" if model.config.pooling == "avg" else f"|pooling={model.config.pooling}"
+    view = "|mirror" if mirror else ""
+    return f"{spec.name}|{spec.weights_id}|{model.config.preprocess.key()}{pooling}{view}"
 
 
 def image_features(
@@ -86,8 +103,10 @@ def image_features(
     use_cache: bool = True,
     batch_size: int = 32,
     progress: bool = True,
+    mirror: bool = False,
 ) -> tuple[torch.Tensor, dict[int, str]]:
-    """Vectors ``(N, D)`` for image files, read from / added to the feature cache when the encoder is frozen.
+    """Vectors ``(N, D)`` for image files, read from / added to the feature cache when the encoder is frozen
+    (``mirror``: of the images mirrored left-right, cached separately).
 
     Returns:
         ``(features, failures)`` as in :func:`encode_files`.
@@ -95,8 +114,8 @@ def image_features(
     cache = None
     if use_cache and not model.config.encoder_weights_in_file:
         root = Path(cache_dir) if cache_dir else default_cache_dir()
-        cache = FeatureCache(root, encoder_cache_key(model), model.config.encoder_dim)
+        cache = FeatureCache(root, encoder_cache_key(model, mirror), model.config.encoder_dim)
     feats, failures = cached_features(
-        paths, cache, lambda todo: encode_files(model, todo, batch_size=batch_size, progress=progress)
+        paths, cache, lambda todo: encode_files(model, todo, batch_size=batch_size, progress=progress, mirror=mirror)
     )
     return torch.from_numpy(feats), failures

@@ -73,7 +73,7 @@ class Captioner(nn.Module):
     def encoder(self) -> encoders.ImageEncoder:
         """The image encoder, built (with its pretrained weights) the first time it is needed."""
         if self._encoder is None:
-            enc = encoders.build_encoder(self.config.encoder, pretrained=True)
+            enc = encoders.build_encoder(self.config.encoder, pretrained=True, pooling=self.config.pooling)
             self._encoder = enc.to(self.device).to(memory_format=torch.channels_last)
         return self._encoder
 
@@ -168,7 +168,7 @@ class Captioner(nn.Module):
         state = load_file(str(directory / "model.safetensors"))
         encoder = None
         if config.encoder_weights_in_file:
-            encoder = encoders.build_encoder(config.encoder, pretrained=False)
+            encoder = encoders.build_encoder(config.encoder, pretrained=False, pooling=config.pooling)
             encoder.load_state_dict(_strip(state, "encoder."), strict=True)
         model = cls(config, vocab, encoder)
         model.decoder.load_state_dict({k: v.float() for k, v in _strip(state, "decoder.").items()}, strict=True)

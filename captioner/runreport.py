@@ -28,7 +28,7 @@ def model_card(run: Run, row: dict) -> str:
     lines = [
         "# captioner model",
         "",
-        f"- Encoder: `{c.encoder}` ({encoder}, {c.encoder_dim}-d pooled vector)",
+        f"- Encoder: `{c.encoder}` ({encoder}, {c.encoder_dim}-d vector, spatial {'mean+max' if c.pooling == 'avgmax' else 'mean'})",
         f"- Decoder: {c.cell.upper()}, {c.num_layers} layer(s), hidden {c.hidden_dim}, embedding {c.embed_dim}, "
         f"image projection {c.image_proj_dim}, injection `{c.inject}`, dropout {c.dropout}",
         f"- Vocabulary: {c.vocab_size} tokens (min count {cfg.min_count})",

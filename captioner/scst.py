@@ -29,6 +29,7 @@ from captioner.generate import GenerationConfig, generate, masked_log_probs
 from captioner.metrics import coco_tokenize
 from captioner.metrics.reward import CiderD
 from captioner.model import Captioner
+from captioner.splits import mirror_draw
 
 if TYPE_CHECKING:
     from captioner.train import Run
@@ -98,13 +99,15 @@ def epoch_step(run: Run) -> Callable[[list[int]], tuple[float, float, dict]]:
     reward = reward_for(run)
 
     def step(rows: list[int]) -> tuple[float, float, dict]:
-        loss, mean_reward = scst_loss(run, rows, reward, seed=cfg.seed * 1_000_003 + progress.step)
+        mirror = mirror_draw(cfg, progress.step, len(rows))  # (B,) or None
+        loss, mean_reward = scst_loss(run, rows, reward, seed=cfg.seed * 1_000_003 + progress.step, mirror=mirror)
         return float(loss.detach()), apply_gradients(run, loss), {"reward": mean_reward}
 
     return step
 
 
-def scst_loss(run: Run, rows: list[int], reward: CaptionReward, seed: int) -> tuple[torch.Tensor, float]:
+def scst_loss(run: Run, rows: list[int], reward: CaptionReward, seed: int,
+              mirror: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
     """The self-critical loss of one batch of images.
 
     Args:
@@ -112,6 +115,7 @@ def scst_loss(run: Run, rows: list[int], reward: CaptionReward, seed: int) -> tu
         rows: image rows of the training split.
         reward: scores sampled captions.
         seed: seeds this batch's sampling.
+        mirror: ``(B,)`` bool, which images to take mirrored (``flip_features``); None: all original.
 
     Returns:
         ``(loss, mean reward of the samples)``; the loss is the advantage-weighted negative log-probability of the
@@ -119,7 +123,7 @@ def scst_loss(run: Run, rows: list[int], reward: CaptionReward, seed: int) -> tu
     """
     cfg, vocab, decoder = run.cfg, run.model.vocab, run.model.decoder
     k = cfg.scst_samples
-    features = run.train.features[torch.tensor(rows)].to(run.device).repeat_interleave(k, dim=0)  # (B*K, D)
+    features = run.train.vectors(torch.tensor(rows), mirror).to(run.device).repeat_interleave(k, dim=0)  # (B*K, D)
     decoder.eval()
     search = GenerationConfig(method="sample", max_length=cfg.val_max_length, seed=seed)
     samples = [hyps[0] for hyps in generate(decoder, features, vocab, search)]

@@ -24,41 +24,33 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import ImageOps
 from torch import nn
 from tqdm.auto import tqdm
 
 from captioner import encoders, scst
 from captioner.checkpoint import CsvLog, atomic_write_text, load_training_state
 from captioner.config import ModelConfig, TrainConfig, to_json
-from captioner.data import CaptionSet, load_dataset
-from captioner.data.base import report_bad_images
-from captioner.data.batching import bucket_batches, caption_pairs, iterate_batches
+from captioner.data import CaptionSet
+from captioner.data.batching import bucket_batches, iterate_batches
 from captioner.evaluate import caption_vectors
-from captioner.features import encode_files, image_features
+from captioner.features import encode_files
 from captioner.generate import GenerationConfig
-from captioner.images import ImageLoadError, load_image
+from captioner.images import load_image
 from captioner.metrics import score_captions
 from captioner.model import Captioner, resolve_device
 from captioner.optim import build_optimizer, build_scheduler, encoder_train_mode, set_trainable
 from captioner.resume import restore, save_state
 from captioner.runreport import fmt_row, model_card, run_summary
+from captioner.splits import DRY_RUN_IMAGES, Split, hold_out, load_splits, mirror_draw, prepare_split
 from captioner.vocab import Vocabulary
 
 logger = logging.getLogger(__name__)
 
 LOG_FIELDS = ["step", "epoch", "loss", "grad_norm", "lr", "val_loss", "val_bleu4", "val_cider", "elapsed_s",
               "reward"]
-DRY_RUN_IMAGES, DRY_RUN_BATCHES = 16, 2
-
-
-@dataclass
-class Split:
-    """A split ready for training: its encoded captions and, with a frozen encoder, its cached image vectors."""
-
-    data: CaptionSet
-    features: torch.Tensor | None  # (N, D); None when the encoder trains (images are read at every step)
-    image_index: list[int] = field(default_factory=list)  # caption → image row
-    captions: list[list[int]] = field(default_factory=list)  # encoded captions
+DRY_RUN_BATCHES = 2
+__all__ = ["DRY_RUN_IMAGES", "Run", "Split", "TrainResult", "fit", "hold_out", "load_splits", "train"]
 
 
 @dataclass
@@ -131,37 +123,10 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, resume: bool =
     return fit(model, cfg, train_set, val_set, resume=resume)
 
 
-def load_splits(cfg: TrainConfig) -> tuple[CaptionSet, CaptionSet | None]:
-    """The training split and the (fixed) validation subset, cut down for a dry run."""
-    train_set = load_dataset(cfg.data, cfg.train_split, cfg.data_format, cfg.images)
-    val_set = load_dataset(cfg.data, cfg.val_split, cfg.data_format, cfg.images) if cfg.val_split else None
-    if cfg.holdout:
-        train_set, val_set = hold_out(train_set, cfg.holdout, cfg.seed)
-    if cfg.dry_run:
-        train_set = train_set.subset(DRY_RUN_IMAGES)
-        val_set = val_set.subset(DRY_RUN_IMAGES // 2) if val_set is not None else None
-    elif val_set is not None and cfg.val_max_images:
-        val_set = val_set.subset(cfg.val_max_images)
-    if not len(train_set):
-        raise ValueError(f"{cfg.data}: split {cfg.train_split!r} has no images")
-    return train_set, val_set
-
-
-def hold_out(data: CaptionSet, n: int, seed: int) -> tuple[CaptionSet, CaptionSet]:
-    """Split ``n`` images (a seeded draw) off a training split: ``(rest, held_out)``, both in the original order."""
-    if not 0 < n < len(data):
-        raise ValueError(f"--holdout {n}: the training split has {len(data)} images; hold out fewer")
-    chosen = set(random.Random(seed).sample(range(len(data)), n))
-    rest = [item for i, item in enumerate(data.items) if i not in chosen]
-    held = [item for i, item in enumerate(data.items) if i in chosen]
-    return (CaptionSet(data.root, data.split, rest), CaptionSet(data.root, f"{data.split}-holdout", held))
-
-
 def _complete_model_config(model_cfg: ModelConfig, vocab_size: int) -> ModelConfig:
     spec = encoders.get_spec(model_cfg.encoder)
-    return dataclasses.replace(
-        model_cfg, vocab_size=vocab_size, encoder_dim=spec.out_dim, preprocess=spec.preprocess
-    )
+    return dataclasses.replace(model_cfg, vocab_size=vocab_size, preprocess=spec.preprocess,
+                               encoder_dim=encoders.pooled_dim(spec.out_dim, model_cfg.pooling))
 
 
 def fit(model: Captioner, cfg: TrainConfig, train_set: CaptionSet, val_set: CaptionSet | None,
@@ -200,8 +165,8 @@ def _build_run(model: Captioner, cfg: TrainConfig, out: Path, train_set: Caption
     model.to(device)
     trainable = set_trainable(model, cfg)
     t0 = time.perf_counter()
-    train_split = _prepare(model, train_set, cfg, live=bool(trainable))
-    val_split = _prepare(model, val_set, cfg, live=bool(trainable)) if val_set is not None else None
+    train_split = prepare_split(model, train_set, cfg, live=bool(trainable), training=True)
+    val_split = prepare_split(model, val_set, cfg, live=bool(trainable), training=False) if val_set else None
     seed_everything(cfg.seed + 1)  # building the encoder on a cache miss draws random numbers: reseed after it
     optimizer = build_optimizer(model, trainable, cfg)
     batches = len(bucket_batches([len(c) for c in train_split.captions], cfg.batch_size, torch.Generator()))
@@ -212,25 +177,6 @@ def _build_run(model: Captioner, cfg: TrainConfig, out: Path, train_set: Caption
               loss_fn=nn.CrossEntropyLoss(ignore_index=model.vocab.pad_id, label_smoothing=cfg.label_smoothing))
     run.timings["features_s"] = time.perf_counter() - t0
     return run
-
-
-def _prepare(model: Captioner, data: CaptionSet, cfg: TrainConfig, live: bool) -> Split:
-    """Encode a split's captions and, with a frozen encoder, its images through the feature cache; unreadable
-    images are skipped and counted (or stop the run with ``on_bad_image="error"``)."""
-    if live:  # the encoder trains: no cache; check every image once so bad ones are known up front
-        feats, failed = None, {}
-        for i, item in enumerate(data.items):
-            try:
-                load_image(item.path)
-            except ImageLoadError as err:
-                failed[i] = str(err)
-    else:
-        feats, failed = image_features(model, [item.path for item in data.items], cache_dir=cfg.cache_dir)
-    report_bad_images(data, {str(data.items[i].path): reason for i, reason in failed.items()}, cfg.on_bad_image)
-    index, captions = caption_pairs(data, model.vocab, cfg.max_caption_len, skip=set(failed))
-    if not captions:
-        raise ValueError(f"{data.root}: split {data.split!r} has no usable captions")
-    return Split(data=data, features=feats, image_index=index, captions=captions)
 
 
 def _loop(run: Run) -> None:
@@ -345,11 +291,15 @@ def apply_gradients(run: Run, loss: torch.Tensor) -> float:
 
 
 def _train_features(run: Run, rows: torch.Tensor) -> torch.Tensor:
-    """Image vectors ``(B, D)`` for a batch: cached, or computed by the (partly trainable) encoder."""
+    """Image vectors ``(B, D)`` for a batch: cached, or computed by the (partly trainable) encoder; with
+    ``flip_features`` a seeded half of the images are mirrored."""
+    mirror = mirror_draw(run.cfg, run.progress.step, len(rows))  # (B,) or None
     if run.train.features is not None:
-        return run.train.features[rows].to(run.device)
-    items = run.train.data.items
-    pixels = torch.stack([run.model.transform(load_image(items[int(i)].path)) for i in rows])  # (B, 3, H, W)
+        return run.train.vectors(rows, mirror).to(run.device)
+    images = [load_image(run.train.data.items[int(i)].path) for i in rows]
+    if mirror is not None:
+        images = [ImageOps.mirror(img) if flip else img for img, flip in zip(images, mirror.tolist())]
+    pixels = torch.stack([run.model.transform(img) for img in images])  # (B, 3, H, W)
     return run.model.encoder(pixels.to(run.device).contiguous(memory_format=torch.channels_last))
 
 

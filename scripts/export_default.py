@@ -70,7 +70,7 @@ def _card(args, model, summary, tables, changed: int, use_half: bool) -> str:
         "The model `captioner caption` uses when no `--model` is given.",
         "",
         f"- Encoder: `{c.encoder}` — {get_spec(c.encoder).description}; frozen, "
-        f"{c.encoder_dim}-d pooled vector; preprocessing resize {c.preprocess.resize} ({c.preprocess.interpolation}),"
+        f"{c.encoder_dim}-d vector (spatial {'mean+max' if c.pooling == 'avgmax' else 'mean'} of the feature map); preprocessing resize {c.preprocess.resize} ({c.preprocess.interpolation}),"
         f" center crop {c.preprocess.crop}, mean/std {c.preprocess.mean}/{c.preprocess.std}",
         f"- Decoder: {c.cell.upper()} ({c.num_layers} layer, hidden {c.hidden_dim}), embedding {c.embed_dim}, image "
         f"projection {c.image_proj_dim} concatenated to the input at every step (`{c.inject}`), dropout {c.dropout}",
@@ -117,6 +117,8 @@ def _training_line(summary: dict) -> str:
     line = (f"- Training: {cfg['epochs']} cross-entropy epochs (teacher forcing, batch {cfg['batch_size']}, Adam lr "
             f"{cfg['lr']}, {cfg['schedule']} schedule, clip-norm {cfg['clip_norm']}, early stop after "
             f"{cfg['patience']} epochs without a better held-out figure)")
+    if cfg.get("flip_features"):
+        line += "; training images augmented with their mirror images (cached vectors of both, one drawn per step)"
     if cfg.get("scst_epochs"):
         line += (f", then {cfg['scst_epochs']} self-critical epochs (CIDEr-D reward, {cfg['scst_samples']} samples "
                  f"per image, lr {cfg['scst_lr']}) from the best cross-entropy epoch")

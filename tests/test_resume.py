@@ -38,7 +38,7 @@ def _args(data, out):
             "1", "--embed-dim", "32", "--hidden-dim", "256", "--image-proj-dim", "32", "--dropout", "0.3",
             "--save-every", "5", "--keep-checkpoints", "3", "--schedule", "cosine", "--warmup-steps", "10",
             "--seed", "11", "--val-max-images", "6", "--scst-epochs", "2", "--scst-batch-size", "2",
-            "--scst-samples", "3"]
+            "--scst-samples", "3", "--flip-features"]  # mirrored views are drawn per step: resumed exactly too
 
 
 def _weights(run: Path) -> dict:

@@ -10,6 +10,7 @@ import torch
 
 from captioner.cli import main
 from captioner.config import TrainConfig
+from captioner.splits import Split
 from captioner.generate import GenerationConfig, generate
 from captioner.scst import scst_loss
 
@@ -25,7 +26,7 @@ class WordReward:
 
 
 def _run(model, features, **cfg):
-    return SimpleNamespace(cfg=TrainConfig(**cfg), model=model, train=SimpleNamespace(features=features),
+    return SimpleNamespace(cfg=TrainConfig(**cfg), model=model, train=Split(data=None, features=features),
                            device=torch.device("cpu"))
 
 

@@ -62,6 +62,7 @@ def test_gradient_clipping_is_applied(shapes_dataset, tmp_path):
         (["--data", "{data}", "--out", "{out}", "--encoder", "resnet5O"], "did you mean resnet50"),
         (["--data", "{data}", "--out", "{out}", "--epochs", "0"], "nothing to train"),
         (["--data", "{data}", "--out", "{out}", "--epochs", "-1"], "at least 0"),
+        (["--data", "{data}", "--out", "{out}", "--pooling", "max"], "invalid choice: 'max'"),
         (["--data", "{data}", "--out", "{earlier}"], "already holds an earlier run"),
     ],
 )

@@ -12,13 +12,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 from captioner.cli.common import (
-    CliError, add_dataset_options, add_image_options, apply_image_options, bounded, check_writable_dir,
-    non_negative_float, non_negative_int, positive_int,
+    CliError,
+    add_dataset_options,
+    add_image_options,
+    apply_image_options,
+    bounded,
+    check_writable_dir,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
 )
 
 
 def add_parser(sub) -> None:
-    from captioner.config import CELL_TYPES, INJECT_MODES
+    from captioner.config import CELL_TYPES, INJECT_MODES, POOLINGS
 
     parser = sub.add_parser(
         "train", help="train a model on a caption dataset",
@@ -30,6 +37,9 @@ def add_parser(sub) -> None:
     arch = parser.add_argument_group("architecture")
     arch.add_argument("--encoder", default="efficientnet_lite0", help="image encoder (default: efficientnet_lite0; "
                       "also resnet18/50/101/152, efficientnet_b0, mobilenet_v3_large)")
+    arch.add_argument("--pooling", choices=POOLINGS, default="avg",
+                      help="image vector from the encoder's feature map: avg (spatial mean, default) or avgmax "
+                      "(mean and max concatenated, twice as wide)")
     arch.add_argument("--embed-dim", type=positive_int, default=256, help="word embedding width (default: 256)")
     arch.add_argument("--hidden-dim", type=positive_int, default=512, help="recurrent state width (default: 512)")
     arch.add_argument("--image-proj-dim", type=positive_int, default=256,
@@ -75,6 +85,9 @@ def add_run_options(parser: argparse.ArgumentParser, epochs: int, lr: float) -> 
                         "so that model selection never sees the validation split (default: 0, off)")
     parser.add_argument("--label-smoothing", type=bounded(float, 0.0), default=0.0,
                         help="cross-entropy label smoothing (default: 0)")
+    parser.add_argument("--flip-features", action="store_true",
+                        help="augment: also cache the vectors of the mirrored training images and train on the "
+                        "original or the mirror image with equal chance at each step (default: off)")
     parser.add_argument("--val-max-images", type=non_negative_int, default=0,
                         help="validate on the first N images of the split only; 0 = all (default: 0)")
     scst = parser.add_argument_group("self-critical training (after the cross-entropy epochs)")
@@ -145,7 +158,7 @@ def train_config(args: argparse.Namespace):
             val_split=None if args.val_split.lower() == "none" else args.val_split, epochs=args.epochs,
             batch_size=args.batch_size, lr=args.lr, clip_norm=args.clip_norm, min_count=args.min_count,
             seed=args.seed, val_max_images=args.val_max_images, holdout=args.holdout,
-            label_smoothing=args.label_smoothing, select_by=args.select_by, cache_dir=args.cache_dir,
+            label_smoothing=args.label_smoothing, flip_features=args.flip_features, select_by=args.select_by, cache_dir=args.cache_dir,
             num_threads=args.threads, schedule=args.schedule, warmup_steps=args.warmup_steps,
             patience=args.patience, log_every=args.log_every, save_every=args.save_every,
             keep_checkpoints=args.keep_checkpoints,
@@ -183,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
         model_cfg = ModelConfig(
             encoder=args.encoder, embed_dim=args.embed_dim, image_proj_dim=args.image_proj_dim,
             hidden_dim=args.hidden_dim, num_layers=args.layers, dropout=args.dropout, cell=args.cell,
-            inject=args.inject,
+            inject=args.inject, pooling=args.pooling,
         )
     except ValueError as err:
         raise CliError(str(err), code=2) from None
