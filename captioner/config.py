@@ -17,6 +17,7 @@ T = TypeVar("T")
 INJECT_MODES = ("every_step", "init_only")
 CELL_TYPES = ("lstm", "gru", "rnn")
 POOLINGS = ("avg", "avgmax")
+POOLING_LABELS = {"avg": "mean", "avgmax": "mean+max"}  # for model cards
 SELECT_BY = ("cider", "bleu4", "loss")
 SCHEDULES = ("constant", "cosine", "plateau")
 FREEZABLE = ("embedding", "decoder", "head")

@@ -49,11 +49,16 @@ class ImageEncoder(nn.Module):
     def __init__(self, trunk: nn.Module, out_dim: int, classifier: nn.Module | None = None,
                  pooling: str = "avg") -> None:
         super().__init__()
+        pooled_dim(out_dim, pooling)  # validates the pooling
         self.trunk = trunk
         self.channels = out_dim
         self.pooling = pooling
-        self.out_dim = pooled_dim(out_dim, pooling)
         self.classifier = classifier
+
+    @property
+    def out_dim(self) -> int:
+        """Width of the vectors :meth:`forward` returns."""
+        return pooled_dim(self.channels, self.pooling)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Args: images ``(B, 3, H, W)``, normalised. Returns: pooled features ``(B, out_dim)``."""
@@ -127,7 +132,7 @@ def build_encoder(name: str, pretrained: bool = True, pooling: str = "avg") -> I
     """
     pooled_dim(1, pooling)  # validate before the (slow) build
     encoder = get_spec(name).builder(pretrained)
-    encoder.pooling, encoder.out_dim = pooling, pooled_dim(encoder.channels, pooling)
+    encoder.pooling = pooling
     return encoder.eval()
 
 

@@ -25,7 +25,8 @@ from captioner.data import CaptionSet, load_dataset
 from captioner.evaluate import evaluate
 from captioner.generate import GenerationConfig
 from captioner.model import Captioner
-from captioner.train import TrainResult, fit, load_splits, seed_everything
+from captioner.splits import load_splits
+from captioner.train import TrainResult, fit, seed_everything
 from captioner.vocab import tokenize
 
 logger = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from captioner.checkpoint import files_sha256
-from captioner.config import TrainConfig
+from captioner.config import POOLING_LABELS, TrainConfig
 from captioner.vocab import Vocabulary
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ def model_card(run: Run, row: dict) -> str:
     lines = [
         "# captioner model",
         "",
-        f"- Encoder: `{c.encoder}` ({encoder}, {c.encoder_dim}-d vector, spatial {'mean+max' if c.pooling == 'avgmax' else 'mean'})",
+        f"- Encoder: `{c.encoder}` ({encoder}, {c.encoder_dim}-d vector, spatial {POOLING_LABELS[c.pooling]})",
         f"- Decoder: {c.cell.upper()}, {c.num_layers} layer(s), hidden {c.hidden_dim}, embedding {c.embed_dim}, "
         f"image projection {c.image_proj_dim}, injection `{c.inject}`, dropout {c.dropout}",
         f"- Vocabulary: {c.vocab_size} tokens (min count {cfg.min_count})",

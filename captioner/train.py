@@ -42,7 +42,7 @@ from captioner.model import Captioner, resolve_device
 from captioner.optim import build_optimizer, build_scheduler, encoder_train_mode, set_trainable
 from captioner.resume import restore, save_state
 from captioner.runreport import fmt_row, model_card, run_summary
-from captioner.splits import DRY_RUN_IMAGES, Split, hold_out, load_splits, mirror_draw, prepare_split
+from captioner.splits import Split, load_splits, mirror_draw, prepare_split
 from captioner.vocab import Vocabulary
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,6 @@ logger = logging.getLogger(__name__)
 LOG_FIELDS = ["step", "epoch", "loss", "grad_norm", "lr", "val_loss", "val_bleu4", "val_cider", "elapsed_s",
               "reward"]
 DRY_RUN_BATCHES = 2
-__all__ = ["DRY_RUN_IMAGES", "Run", "Split", "TrainResult", "fit", "hold_out", "load_splits", "train"]
 
 
 @dataclass
@@ -166,7 +165,8 @@ def _build_run(model: Captioner, cfg: TrainConfig, out: Path, train_set: Caption
     trainable = set_trainable(model, cfg)
     t0 = time.perf_counter()
     train_split = prepare_split(model, train_set, cfg, live=bool(trainable), training=True)
-    val_split = prepare_split(model, val_set, cfg, live=bool(trainable), training=False) if val_set else None
+    val_split = (prepare_split(model, val_set, cfg, live=bool(trainable), training=False)
+                 if val_set is not None else None)
     seed_everything(cfg.seed + 1)  # building the encoder on a cache miss draws random numbers: reseed after it
     optimizer = build_optimizer(model, trainable, cfg)
     batches = len(bucket_batches([len(c) for c in train_split.captions], cfg.batch_size, torch.Generator()))

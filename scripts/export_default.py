@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from captioner.checkpoint import files_sha256
+from captioner.config import POOLING_LABELS
 from captioner.data import load_dataset
 from captioner.encoders import get_spec
 from captioner.evaluate import evaluate
@@ -70,8 +71,9 @@ def _card(args, model, summary, tables, changed: int, use_half: bool) -> str:
         "The model `captioner caption` uses when no `--model` is given.",
         "",
         f"- Encoder: `{c.encoder}` — {get_spec(c.encoder).description}; frozen, "
-        f"{c.encoder_dim}-d vector (spatial {'mean+max' if c.pooling == 'avgmax' else 'mean'} of the feature map); preprocessing resize {c.preprocess.resize} ({c.preprocess.interpolation}),"
-        f" center crop {c.preprocess.crop}, mean/std {c.preprocess.mean}/{c.preprocess.std}",
+        f"{c.encoder_dim}-d vector (spatial {POOLING_LABELS[c.pooling]} of the feature map); preprocessing resize "
+        f"{c.preprocess.resize} ({c.preprocess.interpolation}), center crop {c.preprocess.crop}, mean/std "
+        f"{c.preprocess.mean}/{c.preprocess.std}",
         f"- Decoder: {c.cell.upper()} ({c.num_layers} layer, hidden {c.hidden_dim}), embedding {c.embed_dim}, image "
         f"projection {c.image_proj_dim} concatenated to the input at every step (`{c.inject}`), dropout {c.dropout}",
         f"- Vocabulary: {c.vocab_size} tokens (min count {summary['train_config']['min_count']})",

@@ -98,7 +98,7 @@ def test_unreadable_training_images_are_skipped_or_stop_the_run(shapes_dataset, 
 
 def test_holdout_validates_on_training_images_only(shapes_dataset, tmp_path):
     from captioner.data import load_dataset
-    from captioner.train import hold_out
+    from captioner.splits import hold_out
 
     data = load_dataset(shapes_dataset, "train")
     rest, held = hold_out(data, 10, seed=3)

@@ -12,15 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from captioner.cli.common import (
-    CliError,
-    add_dataset_options,
-    add_image_options,
-    apply_image_options,
-    bounded,
-    check_writable_dir,
-    non_negative_float,
-    non_negative_int,
-    positive_int,
+    CliError, add_dataset_options, add_image_options, apply_image_options, bounded, check_writable_dir,
+    non_negative_float, non_negative_int, positive_int,
 )
 
 
@@ -158,7 +151,8 @@ def train_config(args: argparse.Namespace):
             val_split=None if args.val_split.lower() == "none" else args.val_split, epochs=args.epochs,
             batch_size=args.batch_size, lr=args.lr, clip_norm=args.clip_norm, min_count=args.min_count,
             seed=args.seed, val_max_images=args.val_max_images, holdout=args.holdout,
-            label_smoothing=args.label_smoothing, flip_features=args.flip_features, select_by=args.select_by, cache_dir=args.cache_dir,
+            label_smoothing=args.label_smoothing, flip_features=args.flip_features, select_by=args.select_by,
+            cache_dir=args.cache_dir,
             num_threads=args.threads, schedule=args.schedule, warmup_steps=args.warmup_steps,
             patience=args.patience, log_every=args.log_every, save_every=args.save_every,
             keep_checkpoints=args.keep_checkpoints,
