@@ -14,9 +14,10 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-INJECT_MODES = ("every_step", "init_only")
+INJECT_MODES = ("every_step", "init_only", "attention")
 CELL_TYPES = ("lstm", "gru", "rnn")
 POOLINGS = ("avg", "avgmax")
+ATTENTION_INITS = ("mean", "zeros")
 POOLING_LABELS = {"avg": "mean", "avgmax": "mean+max"}  # for model cards
 SELECT_BY = ("cider", "bleu4", "loss")
 SCHEDULES = ("constant", "cosine", "plateau")
@@ -65,8 +66,19 @@ class ModelConfig:
         num_layers: stacked recurrent layers.
         dropout: dropout on embeddings, image projection and the recurrent output.
         cell: ``lstm``, ``gru`` or ``rnn``.
-        inject: ``every_step`` (image concatenated to the input at every step, through W_ih) or ``init_only``
-            (image only sets the initial hidden state).
+        inject: ``every_step`` (the pooled image vector concatenated to the input at every step, through W_ih),
+            ``init_only`` (the pooled vector only sets the initial hidden state) or ``attention`` (the encoder's
+            spatial feature map is kept; at every step a soft attention over its locations gives the context that
+            is concatenated to the input, through W_ih).
+        feature_locations: ``attention`` only: locations ``h * w`` of the encoder's feature map (the image is given
+            as ``(L, encoder_dim)``, cached as float16); 0 for the pooled-vector modes.
+        attention_dim: ``attention`` only: width of the additive attention's hidden layer.
+        attention_gate: ``attention`` only: scale the context by a sigmoid gate computed from the previous hidden
+            state (Show, Attend and Tell's beta).
+        attention_init: ``attention`` only: ``mean`` (the mean of the feature map sets the initial state, as in
+            Show, Attend and Tell) or ``zeros``.
+        num_decoders: decoders over the one encoder; more than one is an ensemble (built by ``captioner
+            ensemble``, inference only: their per-step log-probabilities are averaged).
     """
 
     encoder: str = "efficientnet_lite0"
@@ -82,6 +94,11 @@ class ModelConfig:
     dropout: float = 0.5
     cell: str = "lstm"
     inject: str = "every_step"
+    feature_locations: int = 0
+    attention_dim: int = 256
+    attention_gate: bool = True
+    attention_init: str = "mean"
+    num_decoders: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.preprocess, dict):
@@ -96,6 +113,25 @@ class ModelConfig:
             raise ValueError(f"inject must be one of {INJECT_MODES}, got {self.inject!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.attention_init not in ATTENTION_INITS:
+            raise ValueError(f"attention_init must be one of {ATTENTION_INITS}, got {self.attention_init!r}")
+        if self.num_decoders < 1:
+            raise ValueError(f"num_decoders must be at least 1, got {self.num_decoders}")
+        if self.attention and self.pooling != "avg":
+            raise ValueError("inject 'attention' reads the encoder's feature map itself: leave pooling at 'avg'")
+
+    @property
+    def attention(self) -> bool:
+        """True when the decoder attends over the encoder's spatial feature map."""
+        return self.inject == "attention"
+
+    def feature_shape(self) -> tuple[int, ...]:
+        """Shape of one image's features as the decoder reads them: ``(encoder_dim,)`` or ``(L, encoder_dim)``."""
+        if not self.attention:
+            return (self.encoder_dim,)
+        if self.feature_locations < 1:
+            raise ValueError("an attention model needs feature_locations (the feature map's h * w)")
+        return (self.feature_locations, self.encoder_dim)
 
 
 @dataclass
@@ -120,9 +156,18 @@ class TrainConfig:
         val_max_images: validation uses the first N images of the split every epoch, a fixed subset (0: all).
         holdout: validate on N images held out of the training split (seeded) instead of ``val_split``, so the
             model is selected without looking at the validation split (0: use ``val_split``).
+        holdout_seed: seed of the held-out draw (None: ``seed``); give the members of an ensemble one held-out set
+            with different training seeds, so that the ensemble can be judged on images none of them trained on.
         label_smoothing: cross-entropy label smoothing (0: none).
         flip_features: augment the training images with their mirror images: each step takes the original or the
             mirrored image's vector with equal probability (both cached; see :mod:`captioner.splits`).
+        batch_by_image: cross-entropy batches hold whole images, all their captions together (about
+            ``batch_size`` captions), so each image's features are projected once per step (what makes attention
+            models fast); otherwise captions are batched by length across images.
+        attention_reg: weight of the doubly stochastic attention penalty ``sum_i (1 - sum_t alpha_ti)^2`` (Show,
+            Attend and Tell), which asks every location to be looked at about once per caption (0: off).
+        keep_epochs: also write each of the last K epochs' models to ``out/epochs/NNN`` (for checkpoint averaging
+            with ``captioner ensemble --average``; 0: keep only the best model).
         val_max_length: maximum generated length during validation.
         select_by: ``cider``, ``bleu4`` or ``loss``: which validation figure picks the saved best model.
         cache_dir: feature-cache directory (None: the user cache directory).
@@ -166,8 +211,12 @@ class TrainConfig:
     seed: int = 0
     val_max_images: int = 0
     holdout: int = 0
+    holdout_seed: int | None = None
     label_smoothing: float = 0.0
     flip_features: bool = False
+    batch_by_image: bool = False
+    attention_reg: float = 0.0
+    keep_epochs: int = 0
     val_max_length: int = 20
     select_by: str = "bleu4"
     cache_dir: str | None = None

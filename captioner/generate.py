@@ -1,8 +1,11 @@
-"""The one caption search, used by the CLI, evaluation, validation during training and the server.
+"""The one caption search, used by the CLI, evaluation, validation during training, self-critical training and the
+server.
 
 Three methods, all batched over images: ``greedy``, ``beam`` (vectorised over images × beams, n-best with
-log-probabilities, length normalisation) and ``sample`` (temperature, top-k). Generation never emits ``<pad>``,
-``<start>`` or ``<unk>``: their logits are masked, so a caption is always made of real words.
+log-probabilities, length normalisation) and ``sample`` (temperature, top-k, several samples per image). Generation
+never emits ``<pad>``, ``<start>`` or ``<unk>``: their logits are masked, so a caption is always made of real words.
+Any decoder with the interface of :mod:`captioner.decoder` works: pooled-vector, attention and ensembles (whose
+per-step "logits" are mean log-probabilities).
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
-from captioner.decoder import Decoder, State, reorder_state
+from captioner.decoder import map_tensors, reorder_state
 from captioner.vocab import Vocabulary
 
 METHODS = ("greedy", "beam", "sample")
@@ -26,10 +30,12 @@ class GenerationConfig:
         beam_size: beams per image (``beam``); 1 gives the greedy result.
         max_length: maximum generated tokens, ``<end>`` included.
         length_penalty: beams are ranked by ``log_prob / length ** length_penalty`` (0: plain log-probability).
-        n_best: hypotheses returned per image (at most ``beam_size`` for beam search, else 1).
+        n_best: hypotheses returned per image: the best ``n_best`` beams (at most ``beam_size``), or ``n_best``
+            independent samples; greedy search returns one.
         temperature: logits are divided by this before sampling.
         top_k: sample only among the k most likely tokens (0: all).
         seed: seed for sampling (None: torch's global generator).
+        return_attention: give each hypothesis the attention weights of its words (attention models only).
     """
 
     method: str = "beam"
@@ -40,6 +46,7 @@ class GenerationConfig:
     temperature: float = 1.0
     top_k: int = 0
     seed: int | None = None
+    return_attention: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -61,32 +68,38 @@ class Hypothesis:
         log_prob: sum of the log-probabilities of the tokens, ``<end>`` included when emitted.
         score: the ranking score (``log_prob`` with the length penalty applied).
         finished: True when the caption ended with ``<end>`` (False: cut at ``max_length``).
+        attention: with ``GenerationConfig.return_attention``, the attention weights over the image locations when
+            each token was generated, ``(len(tokens), L)``, each row summing to 1; else None.
     """
 
     tokens: list[int]
     log_prob: float
     score: float
     finished: bool
+    attention: torch.Tensor | None = None
 
 
 @torch.inference_mode()
 def generate(
-    decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, config: GenerationConfig | None = None
+    decoder: nn.Module, features: torch.Tensor, vocab: Vocabulary, config: GenerationConfig | None = None
 ) -> list[list[Hypothesis]]:
-    """Caption a batch of image vectors.
+    """Caption a batch of images.
 
     Args:
-        decoder: the trained decoder (put in eval mode by the caller).
-        features: image vectors ``(B, D)``.
+        decoder: the trained decoder or ensemble (put in eval mode by the caller).
+        features: image vectors ``(B, D)``, or feature maps ``(B, L, D)`` for an attention decoder.
         vocab: the vocabulary (for the special-token ids).
         config: search settings (default: beam search, beam 3).
 
     Returns:
-        For each image, its hypotheses best first (``n_best`` of them).
+        For each image, its hypotheses best first (``n_best`` of them; samples in the order drawn).
     """
     config = config or GenerationConfig()
     if features.shape[0] == 0:
         return []
+    if config.return_attention and not decoder.config.attention:
+        raise ValueError("return_attention needs a model that attends (inject 'attention'); this model reads one "
+                         f"pooled image vector (inject {decoder.config.inject!r})")
     if config.method == "beam":
         return _beam_search(decoder, features, vocab, config)
     return _left_to_right(decoder, features, vocab, config)
@@ -107,18 +120,21 @@ def _length_score(log_prob: torch.Tensor, length: torch.Tensor, penalty: float) 
 
 
 def _left_to_right(
-    decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, config: GenerationConfig
+    decoder: nn.Module, features: torch.Tensor, vocab: Vocabulary, config: GenerationConfig
 ) -> list[list[Hypothesis]]:
-    """Greedy decoding or sampling: one token per image per step."""
-    batch = features.shape[0]
-    image, state = decoder.start(features)
-    tokens = torch.full((batch,), vocab.start_id, dtype=torch.long, device=features.device)
-    done = torch.zeros(batch, dtype=torch.bool, device=features.device)
-    total = torch.zeros(batch, device=features.device)
-    out = torch.full((batch, config.max_length), vocab.pad_id, dtype=torch.long, device=features.device)
-    generator = _generator(config, features.device)
+    """Greedy decoding or sampling: one token per row per step (``n_best`` rows per image when sampling)."""
+    copies = config.n_best if config.method == "sample" else 1
+    context, state = decoder.start(features)
+    context, state = repeat_rows(context, state, copies)
+    batch, device = features.shape[0] * copies, features.device
+    tokens = torch.full((batch,), vocab.start_id, dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    total = torch.zeros(batch, device=device)
+    out = torch.full((batch, config.max_length), vocab.pad_id, dtype=torch.long, device=device)
+    attention = []
+    generator = _generator(config, device)
     for t in range(config.max_length):
-        logits, state = decoder.step(tokens, image, state)
+        logits, state, alpha = decoder.step(tokens, context, state)
         logp = masked_log_probs(logits, vocab)  # (B, V)
         if config.method == "sample":
             tokens = _sample(logits, vocab, config, generator)
@@ -127,10 +143,23 @@ def _left_to_right(
         tokens = tokens.masked_fill(done, vocab.pad_id)
         total += logp.gather(1, tokens.unsqueeze(1)).squeeze(1).masked_fill(done, 0.0)
         out[:, t] = tokens
+        if config.return_attention:
+            attention.append(alpha.float())
         done |= tokens == vocab.end_id
         if bool(done.all()):
             break
-    return [[_hypothesis(row, float(lp), config.length_penalty, vocab)] for row, lp in zip(out.tolist(), total)]
+    weights = torch.stack(attention, dim=1) if attention else None  # (B, t, L)
+    hyps = [_hypothesis(row, float(lp), config.length_penalty, vocab, None if weights is None else weights[i])
+            for i, (row, lp) in enumerate(zip(out.tolist(), total))]
+    return [hyps[i : i + copies] for i in range(0, batch, copies)]
+
+
+def repeat_rows(context, state, k: int):
+    """Repeat each image's context and state ``k`` times (beams or samples of one image are adjacent rows)."""
+    if k == 1:
+        return context, state
+    return (map_tensors(lambda t: t.repeat_interleave(k, dim=0), context),
+            map_tensors(lambda t: t.repeat_interleave(k, dim=1), state))
 
 
 def _generator(config: GenerationConfig, device: torch.device) -> torch.Generator | None:
@@ -152,17 +181,19 @@ def _sample(
     return torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
 
 
-def _hypothesis(row: list[int], log_prob: float, penalty: float, vocab: Vocabulary) -> Hypothesis:
-    """Cut a generated row at ``<end>`` and wrap it."""
+def _hypothesis(row: list[int], log_prob: float, penalty: float, vocab: Vocabulary,
+                attention: torch.Tensor | None = None) -> Hypothesis:
+    """Cut a generated row at ``<end>`` and wrap it (``attention``: the row's weights per step ``(T, L)``)."""
     finished = vocab.end_id in row
     tokens = row[: row.index(vocab.end_id)] if finished else [t for t in row if t != vocab.pad_id]
     length = torch.tensor(len(tokens) + int(finished))
     score = float(_length_score(torch.tensor(log_prob), length, penalty))
-    return Hypothesis(tokens=tokens, log_prob=log_prob, score=score, finished=finished)
+    weights = attention[: len(tokens)].cpu() if attention is not None else None
+    return Hypothesis(tokens=tokens, log_prob=log_prob, score=score, finished=finished, attention=weights)
 
 
 def _beam_search(
-    decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, config: GenerationConfig
+    decoder: nn.Module, features: torch.Tensor, vocab: Vocabulary, config: GenerationConfig
 ) -> list[list[Hypothesis]]:
     """Beam search over all images × beams at once.
 
@@ -170,17 +201,17 @@ def _beam_search(
     so the tensors keep the shape ``(B * K, ...)`` and no Python loop runs over beams.
     """
     batch, k, device = features.shape[0], config.beam_size, features.device
-    image, state = decoder.start(features)
-    image = image.repeat_interleave(k, dim=0) if image is not None else None  # (B*K, P)
-    state = _expand_state(state, k)
+    context, state = decoder.start(features)
+    context, state = repeat_rows(context, state, k)  # (B*K, ...)
     scores = torch.full((batch, k), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start identical: only the first may expand at step 0
     tokens = torch.full((batch * k,), vocab.start_id, dtype=torch.long, device=device)
     history = torch.empty((batch * k, 0), dtype=torch.long, device=device)
+    attention = None  # (B*K, t, L) with return_attention
     done = torch.zeros(batch * k, dtype=torch.bool, device=device)
     offsets = (torch.arange(batch, device=device) * k).unsqueeze(1)  # (B, 1)
     for _ in range(config.max_length):
-        logits, state = decoder.step(tokens, image, state)
+        logits, state, alpha = decoder.step(tokens, context, state)
         logp = masked_log_probs(logits, vocab)  # (B*K, V)
         logp[done] = float("-inf")
         logp[done, vocab.pad_id] = 0.0  # a finished beam continues only with <pad>, at no cost
@@ -190,24 +221,20 @@ def _beam_search(
         parent = (flat // vocab_size + offsets).view(-1)  # (B*K,) rows of the previous step
         tokens = (flat % vocab_size).view(-1)  # (B*K,)
         history = torch.cat([history.index_select(0, parent), tokens.unsqueeze(1)], dim=1)  # (B*K, t)
-        state = reorder_state(state, parent) if state is not None else None
+        if config.return_attention:
+            step_alpha = alpha.float().index_select(0, parent).unsqueeze(1)  # (B*K, 1, L): what the parent read
+            attention = step_alpha if attention is None else torch.cat(
+                [attention.index_select(0, parent), step_alpha], dim=1)
+        state = reorder_state(state, parent)
         done = done.index_select(0, parent) | (tokens == vocab.end_id)
         if bool(done.all()):
             break
-    return _collect_beams(history, scores, done, vocab, config)
-
-
-def _expand_state(state: State | None, k: int) -> State | None:
-    """Repeat each image's initial state for its k beams: ``(L, B, H)`` → ``(L, B*K, H)``."""
-    if state is None:
-        return None
-    if isinstance(state, tuple):
-        return tuple(s.repeat_interleave(k, dim=1) for s in state)  # type: ignore[return-value]
-    return state.repeat_interleave(k, dim=1)
+    return _collect_beams(history, scores, done, vocab, config, attention)
 
 
 def _collect_beams(
-    history: torch.Tensor, scores: torch.Tensor, done: torch.Tensor, vocab: Vocabulary, config: GenerationConfig
+    history: torch.Tensor, scores: torch.Tensor, done: torch.Tensor, vocab: Vocabulary, config: GenerationConfig,
+    attention: torch.Tensor | None = None,
 ) -> list[list[Hypothesis]]:
     """Rank each image's beams by the length-normalised score and keep the n best."""
     batch, k = scores.shape
@@ -218,7 +245,9 @@ def _collect_beams(
     rows, log_probs = history.tolist(), scores.tolist()
     results = []
     for b, beams in enumerate(order.tolist()):
-        results.append(
-            [_hypothesis(rows[b * k + j], log_probs[b][j], config.length_penalty, vocab) for j in beams]
-        )
+        results.append([
+            _hypothesis(rows[b * k + j], log_probs[b][j], config.length_penalty, vocab,
+                        None if attention is None else attention[b * k + j])
+            for j in beams
+        ])
     return results

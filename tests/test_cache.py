@@ -81,3 +81,16 @@ def test_model_level_cache_key_names_encoder_and_preprocessing(tiny_model):
 
     key = encoder_cache_key(tiny_model)
     assert key.startswith("efficientnet_lite0|efficientnet-lite0-57934424|") and '"resize": 256' in key
+
+
+def test_float16_rows_of_any_shape_and_a_row_cut_short_by_a_killed_writer(tmp_path):
+    cache = FeatureCache(tmp_path / "c", "maps", (2, 3), dtype="float16")
+    cache.add(["a"], np.ones((1, 2, 3)))
+    with open(cache.dir / "features.f16", "ab") as handle:
+        handle.write(b"\x00" * 5)  # a killed writer left half a row behind
+    again = FeatureCache(tmp_path / "c", "maps", (2, 3), dtype="float16")
+    again.add(["b"], np.full((1, 2, 3), 2.0))
+    out = again.get(["a", "b"])
+    assert out.dtype == np.float16 and out.shape == (2, 2, 3)
+    assert (out[0] == 1).all() and (out[1] == 2).all()
+    assert (cache.dir / "features.f16").stat().st_size == 2 * 2 * 3 * 2

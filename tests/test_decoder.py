@@ -35,9 +35,9 @@ def test_every_step_image_reaches_late_steps_through_w_ih(cell):
         assert torch.allclose(x[:, t, : dec.config.embed_dim], dec.embed(tokens[:, t]))
     # The image enters each step's input: a step run from a zero state still depends on it.
     image, _ = dec.start(feats)
-    out_a, _ = dec.step(tokens[:, 5], image, None)
-    out_b, _ = dec.step(tokens[:, 5], image * 0, None)
-    assert not torch.allclose(out_a, out_b)
+    out_a = dec.step(tokens[:, 5], image, None)
+    out_b = dec.step(tokens[:, 5], image * 0, None)
+    assert not torch.allclose(out_a.logits, out_b.logits)
     # ...and only through W_ih's image columns: zero them and the image stops mattering.
     with torch.no_grad():
         dec.rnn.weight_ih_l0[:, dec.config.embed_dim:] = 0
@@ -57,10 +57,10 @@ def test_init_only_image_flows_only_through_the_state():
     # The only image-dependent thing handed to the recurrence is the state: equal states give equal logits
     # whatever the image was.
     _, other_state = dec.start(torch.randn_like(feats))
-    out_a, _ = dec.step(tokens[:, 5], None, state)
-    out_b, _ = dec.step(tokens[:, 5], None, other_state)
-    out_c, _ = dec.step(tokens[:, 5], None, tuple(s.clone() for s in state))
-    assert not torch.allclose(out_a, out_b) and torch.equal(out_a, out_c)
+    out_a = dec.step(tokens[:, 5], None, state)
+    out_b = dec.step(tokens[:, 5], None, other_state)
+    out_c = dec.step(tokens[:, 5], None, tuple(s.clone() for s in state))
+    assert not torch.allclose(out_a.logits, out_b.logits) and torch.equal(out_a.logits, out_c.logits)
 
 
 def test_multilayer_and_shapes():

@@ -4,9 +4,12 @@ Each image is encoded once. Entries are keyed by the encoder's identity (name, w
 SHA-256 of the image file's bytes, so renaming a file keeps its entry, editing it or changing the encoder or the
 preprocessing makes a new one. Layout under the cache root::
 
-    <root>/<sha256(encoder key)[:16]>/key.json       the full encoder key, for humans
+    <root>/<sha256(encoder key)[:16]>/key.json       the full encoder key, the row shape and dtype, for humans
                                      /index.json     {file sha256: row}
-                                     /features.f32   float32 rows of width D (np.memmap)
+                                     /features.f32   float32 rows of shape (D,) (np.memmap)
+                                     /features.f16   or float16 rows, e.g. feature maps of shape (L, D)
+
+Pooled vectors are stored as float32; feature maps (81 times larger for a 9x9 map) as float16.
 """
 
 from __future__ import annotations
@@ -41,22 +44,30 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 
 class FeatureCache:
-    """Image vectors of one encoder configuration, memory-mapped.
+    """Image features of one encoder configuration, memory-mapped.
 
     Args:
         root: cache root directory (shared by all encoders).
         key: identifies the encoder, its weights and its preprocessing.
-        dim: width of the vectors.
+        dim: width of the vectors, or the shape of one image's features, e.g. ``(L, D)`` for a feature map.
+        dtype: ``float32`` or ``float16`` (stored and returned).
     """
 
-    def __init__(self, root: str | Path, key: str, dim: int) -> None:
-        self.key, self.dim = key, dim
+    def __init__(self, root: str | Path, key: str, dim: int | tuple[int, ...], dtype: str = "float32") -> None:
+        if dtype not in _SUFFIX:
+            raise ValueError(f"feature cache dtype must be one of {sorted(_SUFFIX)}, got {dtype!r}")
+        self.key, self.dtype = key, np.dtype(dtype)
+        self.shape = (dim,) if isinstance(dim, int) else tuple(dim)
+        self.dim = int(np.prod(self.shape))  # values per row
         self.dir = Path(root) / hashlib.sha256(key.encode()).hexdigest()[:16]
         self.dir.mkdir(parents=True, exist_ok=True)
         key_file = self.dir / "key.json"
         if not key_file.exists():
-            _atomic_write(key_file, json.dumps({"key": key, "dim": dim}, indent=2))
-        self._data = self.dir / "features.f32"
+            about = {"key": key, "dim": self.dim}
+            if len(self.shape) > 1 or dtype != "float32":  # pooled float32 caches keep their original key file
+                about.update(shape=list(self.shape), dtype=dtype)
+            _atomic_write(key_file, json.dumps(about, indent=2))
+        self._data = self.dir / f"features.{_SUFFIX[dtype]}"
         self._index_file = self.dir / "index.json"
         self.index: dict[str, int] = self._read_index()
 
@@ -79,14 +90,18 @@ class FeatureCache:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def add(self, hashes: Sequence[str], features: np.ndarray) -> None:
-        """Append vectors ``(N, D)`` for the given file hashes (appends, then publishes the index atomically)."""
-        features = np.ascontiguousarray(features, dtype=np.float32)
-        if features.shape != (len(hashes), self.dim):
-            raise ValueError(f"expected features of shape ({len(hashes)}, {self.dim}), got {features.shape}")
+        """Append features ``(N, *shape)`` for the given file hashes (appends, then publishes the index
+        atomically)."""
+        features = np.ascontiguousarray(features, dtype=self.dtype)
+        if features.shape != (len(hashes), *self.shape):
+            raise ValueError(f"expected features of shape {(len(hashes), *self.shape)}, got {features.shape}")
         with self._locked():
             self.index = self._read_index()
             with open(self._data, "ab") as handle:
-                first = handle.tell() // (4 * self.dim)
+                row_bytes = self.dtype.itemsize * self.dim
+                first = handle.tell() // row_bytes
+                if handle.tell() % row_bytes:  # a row cut short by a killed writer: overwrite it
+                    handle.truncate(first * row_bytes)
                 handle.write(features.tobytes())
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -94,15 +109,18 @@ class FeatureCache:
             _atomic_write(self._index_file, json.dumps(self.index))
 
     def get(self, hashes: Sequence[str]) -> np.ndarray:
-        """Vectors ``(N, D)`` for hashes that are all in the cache (a copy, not a view of the map)."""
+        """Features ``(N, *shape)`` for hashes that are all in the cache (a copy, not a view of the map)."""
         rows = np.array([self.index[h] for h in hashes], dtype=np.int64)
         if len(rows) == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        table = np.memmap(self._data, dtype=np.float32, mode="r").reshape(-1, self.dim)  # (rows, D)
+            return np.zeros((0, *self.shape), dtype=self.dtype)
+        table = np.memmap(self._data, dtype=self.dtype, mode="r").reshape(-1, *self.shape)  # (rows, *shape)
         return np.asarray(table[rows])
 
     def __contains__(self, digest: str) -> bool:
         return digest in self.index
+
+
+_SUFFIX = {"float32": "f32", "float16": "f16"}
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -121,10 +139,11 @@ def cached_features(
     Args:
         paths: image files.
         cache: the cache (None: encode everything, store nothing).
-        encode_files: ``encode_files(paths) -> (features (M, D), {index: reason} for images that failed to load)``.
+        encode_files: ``encode_files(paths) -> (features (M, *shape), {index: reason} for images that failed to
+            load)``.
 
     Returns:
-        ``(features (N, D), failures)``: rows of unreadable images (keys of ``failures``) are zeros.
+        ``(features (N, *shape), failures)``: rows of unreadable images (keys of ``failures``) are zeros.
     """
     if cache is None:
         return encode_files(paths)
@@ -137,7 +156,7 @@ def cached_features(
         ok = [j for j in range(len(todo)) if j not in failed]
         cache.add([hashes[todo[j]] for j in ok], new[ok])
         failures.update({todo[j]: reason for j, reason in failed.items()})
-    out = np.zeros((len(paths), cache.dim), dtype=np.float32)
+    out = np.zeros((len(paths), *cache.shape), dtype=cache.dtype)
     good = [i for i in range(len(paths)) if i not in failures]
     out[good] = cache.get([hashes[i] for i in good])
     return out, dict(sorted(failures.items()))

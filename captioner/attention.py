@@ -1,0 +1,187 @@
+"""The attention decoder: at every step a soft attention over the encoder's feature map gives the image context that
+is concatenated to the word embedding, so the image still enters the recurrent cell through W_ih at every step.
+
+This is the soft ("deterministic") attention of Show, Attend and Tell (Xu et al. 2015), with Bahdanau's additive
+scores. For an image with feature-map locations ``f_1 .. f_L`` (``(L, C)``, row by row):
+
+- ``v_i = dropout(relu(W_v f_i))`` projects each location once per caption (``(L, P)``), ``k_i = W_k v_i`` are its
+  attention keys (``(L, A)``);
+- at step t, with the previous top-layer hidden state ``h``: ``e_ti = w · tanh(k_i + W_q h)``,
+  ``alpha_t = softmax(e_t)`` over the L locations, ``z_t = beta_t * sum_i alpha_ti v_i`` with the gate
+  ``beta_t = sigmoid(W_b h)`` (optional);
+- the cell's input is ``[embed(w_t) ; z_t]``; the mean of the feature map sets the initial state (optional).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from captioner.config import ModelConfig
+from captioner.decoder import DecoderStep, initial_state, map_tensors, select_context, state_width
+
+_CELLS = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
+
+
+class AttentionContext(NamedTuple):
+    """What the attention reads at every step, computed once per image.
+
+    Attributes:
+        values: projected locations ``(B, L, P)``.
+        keys: their attention keys ``(B, L, A)``.
+    """
+
+    values: torch.Tensor
+    keys: torch.Tensor
+
+
+class SoftAttention(nn.Module):
+    """Additive attention over a set of locations, queried by a hidden state.
+
+    Args:
+        value_dim: width ``P`` of the values (the projected locations).
+        query_dim: width ``H`` of the query (the hidden state).
+        hidden_dim: width ``A`` of the scoring layer.
+        gate: scale the context by ``sigmoid(W_b h)`` (one gate per value channel).
+    """
+
+    def __init__(self, value_dim: int, query_dim: int, hidden_dim: int, gate: bool = True) -> None:
+        super().__init__()
+        self.key = nn.Linear(value_dim, hidden_dim)
+        self.query = nn.Linear(query_dim, hidden_dim, bias=False)  # the key's bias already shifts every score
+        self.score = nn.Linear(hidden_dim, 1, bias=False)  # a constant added to every score changes no weight
+        self.gate = nn.Linear(query_dim, value_dim) if gate else None
+
+    def forward(self, context: AttentionContext, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Args: context with values ``(B, L, P)``, keys ``(B, L, A)``; query ``(B, H)``.
+
+        Returns:
+            ``(z, alpha)``: the (gated) context ``(B, P)`` and the attention weights ``(B, L)``, which sum to 1.
+        """
+        energy = self.score(torch.tanh(context.keys + self.query(query).unsqueeze(1))).squeeze(2)  # (B, L)
+        alpha = torch.softmax(energy, dim=1)  # (B, L)
+        z = torch.bmm(alpha.unsqueeze(1), context.values).squeeze(1)  # (B, P)
+        if self.gate is not None:
+            z = torch.sigmoid(self.gate(query)) * z
+        return z, alpha
+
+
+class AttentionDecoder(nn.Module):
+    """Generates caption-token logits from an image's feature map ``(B, L, C)``, attending at every step.
+
+    Args:
+        config: model configuration with ``inject="attention"``.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.is_lstm = config.cell == "lstm"
+        self.embed = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=0)
+        self.dropout = nn.Dropout(config.dropout)
+        self.image_proj = nn.Sequential(
+            nn.Linear(config.encoder_dim, config.image_proj_dim), nn.ReLU(), nn.Dropout(config.dropout)
+        )
+        self.attention = SoftAttention(config.image_proj_dim, config.hidden_dim, config.attention_dim,
+                                       config.attention_gate)
+        self.init_state = (nn.Linear(config.encoder_dim, state_width(config))
+                           if config.attention_init == "mean" else None)
+        inputs = [config.embed_dim + config.image_proj_dim] + [config.hidden_dim] * (config.num_layers - 1)
+        self.rnn = nn.ModuleList(_CELLS[config.cell](width, config.hidden_dim) for width in inputs)
+        self.head = nn.Linear(config.hidden_dim, config.vocab_size)
+
+    def start(self, features: torch.Tensor) -> tuple[AttentionContext, object]:
+        """Project the locations once per caption and set the initial state.
+
+        Args:
+            features: feature maps ``(B, L, C)`` (any float dtype; float16 from the cache).
+
+        Returns:
+            ``(context, state)``: the :class:`AttentionContext` and the state, ``(layers, B, H)`` tensors
+            (``(h, c)`` for an LSTM).
+        """
+        features = features.to(self.head.weight.dtype)
+        values = self.image_proj(features)  # (B, L, P)
+        context = AttentionContext(values, self.attention.key(values))  # keys (B, L, A)
+        if self.init_state is not None:
+            return context, initial_state(self.init_state, features.mean(dim=1), self.config)
+        zeros = features.new_zeros(self.config.num_layers, features.shape[0], self.config.hidden_dim)
+        return context, ((zeros, zeros.clone()) if self.is_lstm else zeros)
+
+    def step(self, tokens: torch.Tensor, context: AttentionContext, state) -> DecoderStep:
+        """One decoding step: ids ``(B,)`` → logits ``(B, V)``, the new state and the attention weights ``(B, L)``."""
+        return self._step(self.dropout(self.embed(tokens)), context, state)
+
+    def _step(self, x: torch.Tensor, context: AttentionContext, state) -> DecoderStep:
+        """One step from embedded input tokens ``x`` ``(B, E)``."""
+        top = state[0][-1] if self.is_lstm else state[-1]  # (B, H): h_{t-1} of the top layer
+        z, alpha = self.attention(context, top)  # (B, P), (B, L)
+        inputs, new_h, new_c = torch.cat([x, z], dim=1), [], []  # the cell input [embed(w_t) ; z_t]
+        for layer, cell in enumerate(self.rnn):
+            if self.is_lstm:
+                h, c = cell(inputs, (state[0][layer], state[1][layer]))
+                new_c.append(c)
+            else:
+                h = cell(inputs, state[layer])
+            new_h.append(h)
+            inputs = self.dropout(h)  # dropout between layers and before the head
+        hidden = torch.stack(new_h)  # (layers, B, H)
+        new_state = (hidden, torch.stack(new_c)) if self.is_lstm else hidden
+        return DecoderStep(self.head(inputs), new_state, alpha)
+
+    def forward(self, features: torch.Tensor, tokens: torch.Tensor, image_index: torch.Tensor | None = None,
+                return_attention: bool = False):
+        """Teacher-forced logits.
+
+        Rows are processed longest first and each step runs only the rows whose caption is still going, so padding
+        costs nothing; positions after a caption's last token get zero logits (the loss ignores them).
+
+        Args:
+            features: feature maps ``(N, L, C)``.
+            tokens: input ids ``(B, T)``, starting with ``<start>``, padded at the end with ``<pad>`` (id 0).
+            image_index: ``(B,)`` row of ``features`` for each caption (None: ``N == B``); each image's locations
+                are then projected once however many captions it has.
+            return_attention: also return the attention weights.
+
+        Returns:
+            Logits ``(B, T, V)`` (position t predicts token t+1), and with ``return_attention`` the weights
+            ``(B, T, L)`` (zeros after a caption's end).
+        """
+        context, state = self.start(features)
+        batch, steps = tokens.shape
+        rows = image_index if image_index is not None else torch.arange(batch, device=tokens.device)
+        positions = torch.arange(1, steps + 1, device=tokens.device)  # (T,)
+        lengths = ((tokens != 0) * positions).amax(dim=1)  # (B,): up to the last non-<pad> token
+        order = lengths.argsort(descending=True, stable=True)
+        context = select_context(context, rows.index_select(0, order))
+        state = map_tensors(lambda s: s.index_select(1, rows.index_select(0, order)), state)
+        embedded = self.dropout(self.embed(tokens.index_select(0, order)))  # (B, T, E), longest first
+        active = (lengths.unsqueeze(0) >= positions.unsqueeze(1)).sum(dim=1).tolist()  # rows still going at t
+        logits, alphas = [], []
+        for t, n in enumerate(active):
+            if n == 0:
+                break
+            prefix = map_tensors(lambda s: s[:n], context)
+            out = self._step(embedded[:n, t], prefix, map_tensors(lambda s: s[:, :n], state))
+            state = out.state  # rows past n have ended: later steps never need them
+            logits.append(nn.functional.pad(out.logits, (0, 0, 0, batch - n)))  # (B, V)
+            alphas.append(nn.functional.pad(out.attention, (0, 0, 0, batch - n)))  # (B, L)
+        unsort = order.argsort()
+        out_logits = nn.functional.pad(torch.stack(logits, dim=1), (0, 0, 0, steps - len(logits)))  # (B, T, V)
+        out_logits = out_logits.index_select(0, unsort)
+        if not return_attention:
+            return out_logits
+        weights = nn.functional.pad(torch.stack(alphas, dim=1), (0, 0, 0, steps - len(alphas)))  # (B, T, L)
+        return out_logits, weights.index_select(0, unsort)
+
+
+def doubly_stochastic_penalty(weights: torch.Tensor) -> torch.Tensor:
+    """Show, Attend and Tell's regulariser ``sum_i (1 - sum_t alpha_ti)^2``, averaged over the batch.
+
+    Args:
+        weights: attention weights ``(B, T, L)``, zeros after each caption's end.
+    """
+    return ((1.0 - weights.sum(dim=1)) ** 2).sum(dim=1).mean()
+
