@@ -7,6 +7,7 @@ Nothing is pickled.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import shutil
@@ -20,7 +21,7 @@ from torch import nn
 
 from captioner import encoders
 from captioner.config import ModelConfig, from_json, to_json
-from captioner.decoder import Decoder
+from captioner.decoder import build_decoder
 from captioner.generate import GenerationConfig, Hypothesis, generate
 from captioner.vocab import Vocabulary
 
@@ -65,7 +66,7 @@ class Captioner(nn.Module):
             raise ValueError(f"vocabulary has {len(vocab)} tokens but config.vocab_size is {config.vocab_size}")
         self.config = config
         self.vocab = vocab
-        self.decoder = Decoder(config)
+        self.decoder = _build_decoders(config)
         self._encoder = encoder
         self._transform = None
 
@@ -73,7 +74,8 @@ class Captioner(nn.Module):
     def encoder(self) -> encoders.ImageEncoder:
         """The image encoder, built (with its pretrained weights) the first time it is needed."""
         if self._encoder is None:
-            enc = encoders.build_encoder(self.config.encoder, pretrained=True, pooling=self.config.pooling)
+            enc = encoders.build_encoder(self.config.encoder, pretrained=True, pooling=self.config.pooling,
+                                         spatial=self.config.attention)
             self._encoder = enc.to(self.device).to(memory_format=torch.channels_last)
         return self._encoder
 
@@ -90,13 +92,15 @@ class Captioner(nn.Module):
 
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Image vectors for preprocessed images: ``(B, 3, H, W)`` → ``(B, D)`` (float32)."""
+        """Image features for preprocessed images: ``(B, 3, H, W)`` → vectors ``(B, D)``, or feature maps
+        ``(B, L, D)`` for an attention model (float32)."""
         enc = self.encoder.eval()
         pixels = pixels.to(self.device).contiguous(memory_format=torch.channels_last)
         return enc(pixels).float()
 
     def caption_features(self, features: torch.Tensor, config: GenerationConfig | None = None) -> list[list[Hypothesis]]:
-        """Search captions for image vectors ``(B, D)``; see :func:`captioner.generate.generate`."""
+        """Search captions for image features (``(B, D)`` or ``(B, L, D)``, as :meth:`encode` gives them); see
+        :func:`captioner.generate.generate`."""
         self.decoder.eval()
         return generate(self.decoder, features.to(self.device), self.vocab, config)
 
@@ -127,6 +131,7 @@ class Captioner(nn.Module):
 
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
+        recover_interrupted_save(directory)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         tmp.chmod(0o755)  # mkdtemp makes it private; a model directory is meant to be shared
         try:
@@ -168,15 +173,41 @@ class Captioner(nn.Module):
         state = load_file(str(directory / "model.safetensors"))
         encoder = None
         if config.encoder_weights_in_file:
-            encoder = encoders.build_encoder(config.encoder, pretrained=False, pooling=config.pooling)
+            encoder = encoders.build_encoder(config.encoder, pretrained=False, pooling=config.pooling,
+                                             spatial=config.attention)
             encoder.load_state_dict(_strip(state, "encoder."), strict=True)
         model = cls(config, vocab, encoder)
         model.decoder.load_state_dict({k: v.float() for k, v in _strip(state, "decoder.").items()}, strict=True)
         return model.to(device).eval()
 
 
+def _build_decoders(config: ModelConfig) -> nn.Module:
+    """One decoder, or an ensemble of ``config.num_decoders`` (see :mod:`captioner.ensemble`)."""
+    if config.num_decoders == 1:
+        return build_decoder(config)
+    from captioner.ensemble import DecoderEnsemble
+
+    return DecoderEnsemble(config)
+
+
 def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def recover_interrupted_save(directory: Path) -> None:
+    """Clean up after a :meth:`Captioner.save_pretrained` that was killed: a half-written ``.NAME.*`` sibling is
+    removed; if the kill came between moving the old directory aside and moving the new one in, the old one
+    (``.NAME.old-PID``, complete) is put back first, so no model is ever lost."""
+    leftovers = sorted(directory.parent.glob(f".{glob.escape(directory.name)}.*"))
+    if not directory.exists():
+        olds = [p for p in leftovers if p.name.startswith(f".{directory.name}.old-")]
+        if olds:
+            newest = max(olds, key=lambda p: p.stat().st_mtime)
+            os.replace(newest, directory)
+            logger.warning("restored %s from %s (a save was interrupted)", directory, newest.name)
+            leftovers.remove(newest)
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _replace_dir(new: Path, target: Path) -> None:
@@ -191,8 +222,10 @@ def _replace_dir(new: Path, target: Path) -> None:
 
 
 def _default_card(config: ModelConfig) -> str:
+    decoders = f"{config.num_decoders} {config.cell.upper()} decoders" if config.num_decoders > 1 else (
+        f"{config.cell.upper()} decoder")
     return (
         "# captioner model\n\n"
-        f"Encoder `{config.encoder}`, {config.cell.upper()} decoder ({config.inject} image injection), "
+        f"Encoder `{config.encoder}`, {decoders} ({config.inject} image injection), "
         f"hidden {config.hidden_dim}, vocabulary {config.vocab_size}.\n"
     )
