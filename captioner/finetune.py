@@ -26,7 +26,8 @@ from captioner.evaluate import evaluate
 from captioner.generate import GenerationConfig
 from captioner.model import Captioner
 from captioner.splits import load_splits
-from captioner.train import TrainResult, fit, seed_everything
+from captioner.runstate import TrainResult, seed_everything
+from captioner.train import check_trainable, fit
 from captioner.vocab import tokenize
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ def finetune(cfg: TrainConfig, ft: FinetuneConfig, resume: bool = False) -> Fine
     ``finetune_report.json`` (before/after figures, added words)."""
     seed_everything(cfg.seed)
     model = Captioner.from_pretrained(ft.base)
+    check_trainable(model, cfg)  # before the (slow) measurements
     train_set, val_set = load_splits(cfg)
     eval_sets = _eval_sets(cfg, ft, val_set)
     before = _measure(model, eval_sets, cfg)

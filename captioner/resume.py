@@ -6,17 +6,12 @@ import csv
 import dataclasses
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 from captioner.checkpoint import rng_state, save_training_state, set_rng_state
-
-if TYPE_CHECKING:
-    from captioner.train import Run
+from captioner.runstate import Run
 
 logger = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
-
 
 
 def save_state(run: Run) -> None:

@@ -4,19 +4,40 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from captioner.checkpoint import files_sha256
-from captioner.config import POOLING_LABELS, TrainConfig
+from captioner.config import POOLING_LABELS, ModelConfig, TrainConfig
+from captioner.runstate import Run, TrainResult
 from captioner.vocab import Vocabulary
-
-if TYPE_CHECKING:
-    from captioner.train import Run, TrainResult
-
 
 
 def fmt_row(row: dict) -> str:
     return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+
+
+def architecture_lines(c: ModelConfig, encoder_state: str = "frozen") -> list[str]:
+    """Model-card lines describing the encoder's output and the decoder (shared by every card).
+
+    Args:
+        c: the model configuration.
+        encoder_state: how the encoder was trained, e.g. ``frozen``.
+    """
+    if c.attention:
+        image = (f"{c.feature_locations} locations × {c.encoder_dim} channels of the final feature map (not "
+                 "pooled)")
+        gate = "gated" if c.attention_gate else "ungated"
+        init = "the map's mean sets the initial state" if c.attention_init == "mean" else "zero initial state"
+        inject = (f"soft attention (additive, width {c.attention_dim}, {gate}) over the map at every step; its "
+                  f"context (projected to {c.image_proj_dim}) is concatenated to the input (`attention`); {init}")
+    else:
+        image = f"{c.encoder_dim}-d vector, spatial {POOLING_LABELS[c.pooling]} of the feature map"
+        inject = f"image projection {c.image_proj_dim}, injection `{c.inject}`"
+    decoders = f"{c.num_decoders} decoders (ensemble), each " if c.num_decoders > 1 else ""
+    return [
+        f"- Encoder: `{c.encoder}` ({encoder_state}, {image})",
+        f"- Decoder: {decoders}{c.cell.upper()}, {c.num_layers} layer(s), hidden {c.hidden_dim}, embedding "
+        f"{c.embed_dim}, {inject}, dropout {c.dropout}",
+    ]
 
 
 def model_card(run: Run, row: dict) -> str:
@@ -28,9 +49,7 @@ def model_card(run: Run, row: dict) -> str:
     lines = [
         "# captioner model",
         "",
-        f"- Encoder: `{c.encoder}` ({encoder}, {c.encoder_dim}-d vector, spatial {POOLING_LABELS[c.pooling]})",
-        f"- Decoder: {c.cell.upper()}, {c.num_layers} layer(s), hidden {c.hidden_dim}, embedding {c.embed_dim}, "
-        f"image projection {c.image_proj_dim}, injection `{c.inject}`, dropout {c.dropout}",
+        *architecture_lines(c, encoder),
         f"- Vocabulary: {c.vocab_size} tokens (min count {cfg.min_count})",
         *run.card_extra,
         f"- Data: `{cfg.data}` (train split `{cfg.train_split}`, validation split `{cfg.val_split}`)",

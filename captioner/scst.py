@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
-
 import torch
 
 from captioner.data.batching import pad_batch
@@ -29,10 +27,8 @@ from captioner.generate import GenerationConfig, generate, masked_log_probs
 from captioner.metrics import coco_tokenize
 from captioner.metrics.reward import CiderD
 from captioner.model import Captioner
+from captioner.runstate import Run, apply_gradients, xe_epochs
 from captioner.splits import mirror_draw
-
-if TYPE_CHECKING:
-    from captioner.train import Run
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +87,6 @@ def epoch_batches(run: Run, epoch: int) -> list[list[int]]:
 def epoch_step(run: Run) -> Callable[[list[int]], tuple[float, float, dict]]:
     """The step function of the current SCST epoch for the training loop: image rows → ``(loss, gradient norm,
     {"reward": mean reward of the samples})``. Switches the run to SCST at the first batch of the first SCST epoch."""
-    from captioner.train import apply_gradients, xe_epochs
-
     progress, cfg = run.progress, run.cfg
     if progress.epoch == xe_epochs(cfg) + 1 and progress.batch == 0:
         begin(run)
@@ -123,10 +117,10 @@ def scst_loss(run: Run, rows: list[int], reward: CaptionReward, seed: int,
     """
     cfg, vocab, decoder = run.cfg, run.model.vocab, run.model.decoder
     k = cfg.scst_samples
-    features = run.train.vectors(torch.tensor(rows), mirror).to(run.device).repeat_interleave(k, dim=0)  # (B*K, D)
+    features = run.train.vectors(torch.tensor(rows), mirror).to(run.device)  # (B, ...): each image once
     decoder.eval()
-    search = GenerationConfig(method="sample", max_length=cfg.val_max_length, seed=seed)
-    samples = [hyps[0] for hyps in generate(decoder, features, vocab, search)]
+    search = GenerationConfig(method="sample", max_length=cfg.val_max_length, seed=seed, n_best=k)
+    samples = [h for hyps in generate(decoder, features, vocab, search) for h in hyps]  # B*K, image by image
     rewards = reward([r for r in rows for _ in range(k)], [h.tokens for h in samples]).to(run.device)  # (B*K,)
     grouped = rewards.view(-1, k)  # (B, K)
     baseline = (grouped.sum(dim=1, keepdim=True) - grouped) / (k - 1)  # mean of the other samples
@@ -134,7 +128,8 @@ def scst_loss(run: Run, rows: list[int], reward: CaptionReward, seed: int,
     sequences = [[vocab.start_id, *h.tokens] + ([vocab.end_id] if h.finished else []) for h in samples]
     inputs, targets = pad_batch(sequences, vocab.pad_id)  # (B*K, T)
     inputs, targets = inputs.to(run.device), targets.to(run.device)
-    logits = decoder(features, inputs)  # (B*K, T, V)
+    image_index = torch.arange(len(rows), device=run.device).repeat_interleave(k)  # (B*K,)
+    logits = decoder(features, inputs, image_index=image_index)  # (B*K, T, V)
     logp = masked_log_probs(logits.reshape(-1, logits.shape[-1]), vocab).view(*targets.shape, -1)  # (B*K, T, V)
     mask = targets != vocab.pad_id  # (B*K, T)
     token_logp = logp.gather(2, targets.unsqueeze(2)).squeeze(2).masked_fill(~mask, 0.0)  # <pad> is -inf: drop it

@@ -58,7 +58,7 @@ def load_splits(cfg: TrainConfig) -> tuple[CaptionSet, CaptionSet | None]:
     train_set = load_dataset(cfg.data, cfg.train_split, cfg.data_format, cfg.images)
     val_set = load_dataset(cfg.data, cfg.val_split, cfg.data_format, cfg.images) if cfg.val_split else None
     if cfg.holdout:
-        train_set, val_set = hold_out(train_set, cfg.holdout, cfg.seed)
+        train_set, val_set = hold_out(train_set, cfg.holdout, cfg.seed if cfg.holdout_seed is None else cfg.holdout_seed)
     if cfg.dry_run:
         train_set = train_set.subset(DRY_RUN_IMAGES)
         val_set = val_set.subset(DRY_RUN_IMAGES // 2) if val_set is not None else None

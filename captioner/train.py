@@ -16,23 +16,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
-import random
+import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import ImageOps
 from torch import nn
 from tqdm.auto import tqdm
 
 from captioner import encoders, scst
+from captioner.attention import doubly_stochastic_penalty
 from captioner.checkpoint import CsvLog, atomic_write_text, load_training_state
 from captioner.config import ModelConfig, TrainConfig, to_json
 from captioner.data import CaptionSet
-from captioner.data.batching import bucket_batches, iterate_batches
+from captioner.data.batching import bucket_batches, image_batches, iterate_batches
 from captioner.evaluate import caption_vectors
 from captioner.features import encode_files
 from captioner.generate import GenerationConfig
@@ -42,70 +40,14 @@ from captioner.model import Captioner, resolve_device
 from captioner.optim import build_optimizer, build_scheduler, encoder_train_mode, set_trainable
 from captioner.resume import restore, save_state
 from captioner.runreport import fmt_row, model_card, run_summary
+from captioner.runstate import (
+    DRY_RUN_BATCHES, LOG_FIELDS, Run, TrainResult, apply_gradients, is_scst, lr_of, seed_everything,
+    total_epochs, xe_epochs,
+)
 from captioner.splits import Split, load_splits, mirror_draw, prepare_split
 from captioner.vocab import Vocabulary
 
 logger = logging.getLogger(__name__)
-
-LOG_FIELDS = ["step", "epoch", "loss", "grad_norm", "lr", "val_loss", "val_bleu4", "val_cider", "elapsed_s",
-              "reward"]
-DRY_RUN_BATCHES = 2
-
-
-@dataclass
-class Progress:
-    """Where the loop is; saved in the training state."""
-
-    epoch: int = 1
-    batch: int = 0  # batches of ``epoch`` already done
-    step: int = 0
-    best: dict = field(default_factory=dict)
-    bad_epochs: int = 0
-    history: list = field(default_factory=list)
-
-
-@dataclass
-class Run:
-    """Everything one training run works with."""
-
-    model: Captioner
-    cfg: TrainConfig
-    out: Path
-    train: Split
-    val: Split | None
-    trainable_encoder: list
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    scaler: torch.amp.GradScaler
-    device: torch.device
-    card_extra: list[str]
-    progress: Progress = field(default_factory=Progress)
-    loss_fn: nn.Module = field(default_factory=lambda: nn.CrossEntropyLoss(ignore_index=0))
-    timings: dict = field(default_factory=dict)
-    reward: object = None  # SCST reward (built when self-critical training starts)
-    log_fields: list[str] = field(default_factory=lambda: list(LOG_FIELDS))
-
-    @property
-    def amp(self) -> bool:
-        return self.device.type == "cuda"
-
-
-@dataclass
-class TrainResult:
-    """What a run produced."""
-
-    model_dir: Path
-    best: dict
-    history: list[dict]
-    timings: dict
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (CPU runs are then repeatable)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
 
 def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, resume: bool = False) -> TrainResult:
     """Train a captioner from scratch; see the module docstring for what is written.
@@ -123,7 +65,11 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, resume: bool =
 
 
 def _complete_model_config(model_cfg: ModelConfig, vocab_size: int) -> ModelConfig:
+    """Fill in what the vocabulary and the encoder decide: sizes, preprocessing, the feature map's locations."""
     spec = encoders.get_spec(model_cfg.encoder)
+    if model_cfg.attention:
+        return dataclasses.replace(model_cfg, vocab_size=vocab_size, preprocess=spec.preprocess,
+                                   encoder_dim=spec.out_dim, feature_locations=encoders.feature_locations(spec.name))
     return dataclasses.replace(model_cfg, vocab_size=vocab_size, preprocess=spec.preprocess,
                                encoder_dim=encoders.pooled_dim(spec.out_dim, model_cfg.pooling))
 
@@ -141,6 +87,7 @@ def fit(model: Captioner, cfg: TrainConfig, train_set: CaptionSet, val_set: Capt
         card_extra: lines added to the model card (e.g. the base model and the words added).
     """
     start = time.perf_counter()
+    check_trainable(model, cfg)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     out = Path(cfg.out)
@@ -158,6 +105,15 @@ def fit(model: Captioner, cfg: TrainConfig, train_set: CaptionSet, val_set: Capt
     return result
 
 
+def check_trainable(model: Captioner, cfg: TrainConfig) -> None:
+    """Refuse settings the model cannot train with."""
+    if model.config.num_decoders > 1:
+        raise ValueError(f"this model is an ensemble of {model.config.num_decoders} decoders, which cannot be "
+                         "trained; train or fine-tune its members, then build the ensemble with captioner ensemble")
+    if cfg.attention_reg and not model.config.attention:
+        raise ValueError("--attention-reg penalises attention weights: it needs a model with --inject attention")
+
+
 def _build_run(model: Captioner, cfg: TrainConfig, out: Path, train_set: CaptionSet, val_set: CaptionSet | None,
                card_extra: list[str]) -> Run:
     device = resolve_device(cfg.device)
@@ -169,7 +125,7 @@ def _build_run(model: Captioner, cfg: TrainConfig, out: Path, train_set: Caption
                  if val_set is not None else None)
     seed_everything(cfg.seed + 1)  # building the encoder on a cache miss draws random numbers: reseed after it
     optimizer = build_optimizer(model, trainable, cfg)
-    batches = len(bucket_batches([len(c) for c in train_split.captions], cfg.batch_size, torch.Generator()))
+    batches = len(xe_batches(train_split, cfg, torch.Generator()))
     epochs = xe_epochs(cfg)
     scheduler = build_scheduler(optimizer, cfg, epochs * (min(batches, DRY_RUN_BATCHES) if cfg.dry_run else batches))
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
@@ -196,27 +152,19 @@ def _loop(run: Run) -> None:
     run.timings["captions_per_s"] = [len(run.train.captions) / s for s in run.timings.get("epoch_s", [])]
 
 
-def xe_epochs(cfg: TrainConfig) -> int:
-    """Cross-entropy epochs (one in a dry run)."""
-    return min(cfg.epochs, 1) if cfg.dry_run else cfg.epochs
-
-
-def total_epochs(cfg: TrainConfig) -> int:
-    """Cross-entropy epochs plus self-critical epochs (one of each in a dry run)."""
-    return xe_epochs(cfg) + (min(cfg.scst_epochs, 1) if cfg.dry_run else cfg.scst_epochs)
-
-
-def _is_scst(cfg: TrainConfig, epoch: int) -> bool:
-    return epoch > xe_epochs(cfg)
-
-
 def _epoch_batches(run: Run, epoch: int) -> list[list[int]]:
-    if _is_scst(run.cfg, epoch):
+    if is_scst(run.cfg, epoch):
         batches = scst.epoch_batches(run, epoch)
         return batches[:DRY_RUN_BATCHES] if run.cfg.dry_run else batches
-    generator = torch.Generator().manual_seed(run.cfg.seed * 1000 + epoch)
-    batches = bucket_batches([len(c) for c in run.train.captions], run.cfg.batch_size, generator)
+    batches = xe_batches(run.train, run.cfg, torch.Generator().manual_seed(run.cfg.seed * 1000 + epoch))
     return batches[:DRY_RUN_BATCHES] if run.cfg.dry_run else batches
+
+
+def xe_batches(split: Split, cfg: TrainConfig, generator: torch.Generator) -> list[list[int]]:
+    """One cross-entropy epoch's batches of caption indices: whole images (``batch_by_image``) or length buckets."""
+    if cfg.batch_by_image:
+        return image_batches(split.image_index, cfg.batch_size, generator)
+    return bucket_batches([len(c) for c in split.captions], cfg.batch_size, generator)
 
 
 def _train_epoch(run: Run, log: CsvLog) -> float:
@@ -224,7 +172,7 @@ def _train_epoch(run: Run, log: CsvLog) -> float:
     batches run now."""
     progress, cfg = run.progress, run.cfg
     batches = _epoch_batches(run, progress.epoch)
-    if _is_scst(cfg, progress.epoch):
+    if is_scst(cfg, progress.epoch):
         step, label = scst.epoch_step(run), f"epoch {progress.epoch} (scst)"
     else:
         _train_mode(run)
@@ -258,53 +206,38 @@ def _train_mode(run: Run) -> None:
 
 
 def _train_step(run: Run, rows: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
-    """One optimisation step; returns the loss and the gradient norm before clipping."""
+    """One optimisation step; returns the loss (cross-entropy, plus the attention penalty when asked for) and the
+    gradient norm before clipping."""
     inputs, targets = inputs.to(run.device), targets.to(run.device)
+    features, image_index = _train_features(run, rows)
+    penalty = run.cfg.attention_reg
+    decoder = run.model.decoder
     with torch.autocast(device_type=run.device.type, dtype=torch.float16, enabled=run.amp):
-        logits = run.model.decoder(_train_features(run, rows), inputs)  # (B, T, V)
+        if penalty:
+            logits, weights = decoder(features, inputs, image_index=image_index, return_attention=True)
+        else:
+            logits, weights = decoder(features, inputs, image_index=image_index), None  # (B, T, V)
         loss = run.loss_fn(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+        if weights is not None:
+            loss = loss + penalty * doubly_stochastic_penalty(weights)  # weights (B, T, L)
     return loss.item(), apply_gradients(run, loss)
 
 
-def apply_gradients(run: Run, loss: torch.Tensor) -> float:
-    """Backpropagate ``loss``, clip the global gradient norm, step the optimizer and the per-step schedule.
-
-    Returns:
-        The gradient norm before clipping.
-    """
-    value = loss.item()
-    if not math.isfinite(value):
-        raise FloatingPointError(f"training loss became {value} at step {run.progress.step + 1}; lower --lr or "
-                                 "use --clip-norm")
-    run.optimizer.zero_grad(set_to_none=True)
-    run.scaler.scale(loss).backward()
-    run.scaler.unscale_(run.optimizer)
-    params = [p for group in run.optimizer.param_groups for p in group["params"]]
-    max_norm = run.cfg.clip_norm if run.cfg.clip_norm > 0 else float("inf")
-    norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
-    if not _is_scst(run.cfg, run.progress.epoch) and not isinstance(
-            run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        run.scheduler.step()  # the schedule covers the cross-entropy epochs; SCST runs at a constant scst_lr
-    return norm
-
-
-def _train_features(run: Run, rows: torch.Tensor) -> torch.Tensor:
-    """Image vectors ``(B, D)`` for a batch: cached, or computed by the (partly trainable) encoder; with
-    ``flip_features`` a seeded half of the images are mirrored."""
+def _train_features(run: Run, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Image features of a batch and the feature row of each caption: cached features of each distinct image once
+    (``(N, ...)`` with an image index ``(B,)``), or one row per caption ``(B, ...)`` (index None) when the images
+    are mirrored per caption (``flip_features``, a seeded half) or computed by the (partly trainable) encoder."""
     mirror = mirror_draw(run.cfg, run.progress.step, len(rows))  # (B,) or None
     if run.train.features is not None:
-        return run.train.vectors(rows, mirror).to(run.device)
+        if mirror is not None:
+            return run.train.vectors(rows, mirror).to(run.device), None
+        images, index = torch.unique(rows, return_inverse=True)
+        return run.train.vectors(images).to(run.device), index.to(run.device)
     images = [load_image(run.train.data.items[int(i)].path) for i in rows]
     if mirror is not None:
         images = [ImageOps.mirror(img) if flip else img for img, flip in zip(images, mirror.tolist())]
     pixels = torch.stack([run.model.transform(img) for img in images])  # (B, 3, H, W)
-    return run.model.encoder(pixels.to(run.device).contiguous(memory_format=torch.channels_last))
-
-
-def lr_of(run: Run) -> float:
-    return float(run.optimizer.param_groups[0]["lr"])
+    return run.model.encoder(pixels.to(run.device).contiguous(memory_format=torch.channels_last)), None
 
 
 def _end_epoch(run: Run, log: CsvLog, train_loss: float, seconds: float) -> bool:
@@ -317,12 +250,14 @@ def _end_epoch(run: Run, log: CsvLog, train_loss: float, seconds: float) -> bool
     log.write(**row)
     progress.history.append(row)
     logger.info("epoch %d: %s", progress.epoch, fmt_row(row))
+    if cfg.keep_epochs:
+        keep_epoch_model(run, row)
     if _is_better(row, progress.best, cfg.select_by, run.val is not None):
         progress.best, progress.bad_epochs = dict(row), 0
         run.model.save_pretrained(run.out / "model", card=model_card(run, row))
     else:
         progress.bad_epochs += 1
-    scst_phase = _is_scst(cfg, progress.epoch)
+    scst_phase = is_scst(cfg, progress.epoch)
     if isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and run.val is not None and not scst_phase:
         run.scheduler.step(row["val_loss"] if cfg.select_by == "loss" else row[f"val_{cfg.select_by}"])
     progress.epoch, progress.batch = progress.epoch + 1, 0
@@ -333,6 +268,14 @@ def _end_epoch(run: Run, log: CsvLog, train_loss: float, seconds: float) -> bool
             progress.epoch, stop = xe_epochs(cfg) + 1, False
     save_state(run)
     return stop
+
+
+def keep_epoch_model(run: Run, row: dict) -> None:
+    """Write this epoch's model to ``out/epochs/NNN`` and remove those older than the last ``keep_epochs``."""
+    folder = run.out / "epochs"
+    run.model.save_pretrained(folder / f"{run.progress.epoch:03d}", card=model_card(run, row))
+    for old in sorted(p for p in folder.iterdir() if p.name.isdigit())[: -run.cfg.keep_epochs]:
+        shutil.rmtree(old)
 
 
 @torch.no_grad()
@@ -346,7 +289,8 @@ def _validate(run: Run) -> dict:
     total, tokens = 0.0, 0
     batches = [list(range(i, min(i + 256, len(split.captions)))) for i in range(0, len(split.captions), 256)]
     for rows, inputs, targets in iterate_batches(split.image_index, split.captions, batches):
-        logits = decoder(features[rows].to(run.device), inputs.to(run.device))  # (B, T, V)
+        images, index = torch.unique(rows, return_inverse=True)  # each image's features once
+        logits = decoder(features[images].to(run.device), inputs.to(run.device), image_index=index.to(run.device))
         targets = targets.to(run.device)
         n = int((targets != model.vocab.pad_id).sum())
         total += float(run.loss_fn(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))) * n

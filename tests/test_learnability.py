@@ -1,5 +1,6 @@
 """The whole pipeline can learn: captions determined by colour and shape are learnt exactly in seconds."""
 
+import pytest
 import torch
 
 from captioner.config import TrainConfig
@@ -10,12 +11,13 @@ from captioner.model import Captioner
 from conftest import tiny_config
 
 
-def test_small_model_captions_held_out_shapes_exactly(shapes_dataset, tmp_path):
+@pytest.mark.parametrize("inject", ["every_step", "attention"])
+def test_small_model_captions_held_out_shapes_exactly(shapes_dataset, tmp_path, inject):
     from captioner.train import train
 
     cfg = TrainConfig(data=str(shapes_dataset), out=str(tmp_path / "run"), epochs=40, batch_size=16, lr=1e-2,
-                      min_count=1, seed=0, select_by="loss")
-    model_cfg = tiny_config(4, embed_dim=32, image_proj_dim=32, hidden_dim=64, inject="every_step")
+                      min_count=1, seed=0, select_by="loss", batch_by_image=inject == "attention")
+    model_cfg = tiny_config(4, embed_dim=32, image_proj_dim=32, hidden_dim=64, inject=inject, attention_dim=32)
     result = train(cfg, model_cfg)
     model = Captioner.from_pretrained(result.model_dir)
     val = load_dataset(shapes_dataset, "val")
@@ -26,7 +28,7 @@ def test_small_model_captions_held_out_shapes_exactly(shapes_dataset, tmp_path):
     assert len(preds) == 18 and not wrong, wrong
 
     # The image affects step t > 0 directly: d(logits at step 2) / d(image vector) is non-zero.
-    feats = torch.randn(1, model.config.encoder_dim, requires_grad=True)
+    feats = torch.randn(1, *model.config.feature_shape(), requires_grad=True)
     tokens = torch.tensor([model.vocab.encode("a red circle")[:-1]])
     logits = model.decoder.eval()(feats, tokens)
     (grad,) = torch.autograd.grad(logits[0, 2].sum(), feats)

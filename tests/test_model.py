@@ -63,7 +63,8 @@ def test_the_embedded_default_model_loads_and_captions_images():
 
     assert (DEFAULT_MODEL_DIR / "model.safetensors").is_file(), "the default model must ship in the package"
     model = Captioner.from_pretrained("default")
-    assert model.config.inject == "every_step" and model.config.cell == "lstm"  # the user's design
+    # the user's design: an LSTM whose input at every step holds the image (pooled vector or attention context)
+    assert model.config.inject in ("every_step", "attention") and model.config.cell == "lstm"
     red = Image.new("RGB", (300, 200), (200, 30, 30))
     captions = model.caption([red, Image.new("RGB", (64, 64), (20, 120, 20))])
     assert len(captions) == 2 and all(c.split() for c in captions)

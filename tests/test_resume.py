@@ -33,12 +33,16 @@ def wordy_shapes(shapes_dataset, tmp_path):
     return root
 
 
-def _args(data, out):
+ATTENTION = ["--inject", "attention", "--batch-by-image", "--attention-dim", "32", "--attention-reg", "0.1",
+             "--keep-epochs", "2"]
+
+
+def _args(data, out, extra=()):
     return ["train", "--data", str(data), "--out", str(out), "--epochs", "3", "--batch-size", "8", "--min-count",
             "1", "--embed-dim", "32", "--hidden-dim", "256", "--image-proj-dim", "32", "--dropout", "0.3",
             "--save-every", "5", "--keep-checkpoints", "3", "--schedule", "cosine", "--warmup-steps", "10",
             "--seed", "11", "--val-max-images", "6", "--scst-epochs", "2", "--scst-batch-size", "2",
-            "--scst-samples", "3", "--flip-features"]  # mirrored views are drawn per step: resumed exactly too
+            "--scst-samples", "3", *extra]
 
 
 def _weights(run: Path) -> dict:
@@ -46,15 +50,19 @@ def _weights(run: Path) -> dict:
     return state["decoder"]
 
 
+@pytest.mark.parametrize("model", ["pooled", "attention"])
 @pytest.mark.parametrize("phase", ["cross-entropy", "self-critical"])
-def test_sigkill_then_resume_gives_the_same_weights(wordy_shapes, tmp_path, phase):
-    assert main(_args(wordy_shapes, tmp_path / "whole")) == 0
+def test_sigkill_then_resume_gives_the_same_weights(wordy_shapes, tmp_path, phase, model):
+    # pooled: mirrored views are drawn per step, resumed exactly too; attention: whole-image batches, the penalty
+    # and the kept epoch models
+    extra = ["--flip-features"] if model == "pooled" else ATTENTION
+    assert main(_args(wordy_shapes, tmp_path / "whole", extra)) == 0
     steps_total = torch.load(tmp_path / "whole" / "training_state.pt", weights_only=True)["progress"]["step"]
     history = torch.load(tmp_path / "whole" / "training_state.pt", weights_only=True)["progress"]["history"]
     xe_steps = history[2]["step"]  # the last of the 3 cross-entropy epochs
     low, high = (6, xe_steps - 10) if phase == "cross-entropy" else (xe_steps + 1, steps_total - 5)
     kill_after = random.Random().randrange(low, high)
-    exe = [sys.executable, "-m", "captioner.cli.main", *_args(wordy_shapes, tmp_path / "cut")]
+    exe = [sys.executable, "-m", "captioner.cli.main", *_args(wordy_shapes, tmp_path / "cut", extra)]
     proc = subprocess.Popen(exe, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
     log = tmp_path / "cut" / "log.csv"
     deadline = time.time() + 240
@@ -71,7 +79,7 @@ def test_sigkill_then_resume_gives_the_same_weights(wordy_shapes, tmp_path, phas
         if proc.poll() is None:
             proc.kill()
     assert (tmp_path / "cut" / "training_state.pt").exists()
-    assert main([*_args(wordy_shapes, tmp_path / "cut"), "--resume"]) == 0
+    assert main([*_args(wordy_shapes, tmp_path / "cut", extra), "--resume"]) == 0
     whole, cut = _weights(tmp_path / "whole"), _weights(tmp_path / "cut")
     assert all(torch.equal(whole[k], cut[k]) for k in whole), f"weights differ after a kill at step ~{kill_after}"
     assert (tmp_path / "whole" / "model" / "model.safetensors").read_bytes() == (
@@ -80,6 +88,12 @@ def test_sigkill_then_resume_gives_the_same_weights(wordy_shapes, tmp_path, phas
     whole_steps = [int(r.split(",")[0]) for r in (tmp_path / "whole" / "log.csv").read_text().splitlines()[1:]]
     assert steps == whole_steps, "the resumed log must neither repeat nor miss steps"
     assert len(list((tmp_path / "cut" / "checkpoints").glob("step-*.pt"))) == 3
+    if model == "attention":  # the last two epochs' models, as an uninterrupted run keeps them
+        kept = sorted(p.name for p in (tmp_path / "cut" / "epochs").iterdir())
+        assert kept == ["004", "005"] == sorted(p.name for p in (tmp_path / "whole" / "epochs").iterdir())
+        for name in kept:
+            assert (tmp_path / "cut" / "epochs" / name / "model.safetensors").read_bytes() == (
+                tmp_path / "whole" / "epochs" / name / "model.safetensors").read_bytes()
 
 
 def test_resume_needs_a_state_and_refuses_changed_data(wordy_shapes, tmp_path, capsys):

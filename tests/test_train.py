@@ -111,3 +111,40 @@ def test_holdout_validates_on_training_images_only(shapes_dataset, tmp_path):
                  "--dry-run", "--min-count", "1", "--label-smoothing", "0.1"]) == 0
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["train_config"]["holdout"] == 6 and summary["history"][0]["val_loss"] > 0
+
+
+def test_image_batches_hold_whole_images_and_every_caption_once():
+    import torch
+
+    from captioner.data.batching import image_batches
+
+    image_index = [i // 5 for i in range(5 * 40)] + [40, 41, 41]  # 40 images with 5 captions, two with fewer
+    batches = image_batches(image_index, 12, torch.Generator().manual_seed(0))
+    flat = [c for b in batches for c in b]
+    assert sorted(flat) == list(range(len(image_index)))  # every caption exactly once
+    for batch in batches[:-1]:
+        images = {image_index[c] for c in batch}
+        assert len(batch) >= 12 and all(sum(image_index[c] == i for c in batch) == image_index.count(i) for i in images)
+    again = image_batches(image_index, 12, torch.Generator().manual_seed(0))
+    other = image_batches(image_index, 12, torch.Generator().manual_seed(1))
+    assert again == batches and other != batches
+
+
+def test_attention_training_dry_run_keeps_the_last_epochs(flickr_mini, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--data", str(flickr_mini), "--out", str(out), "--dry-run", "--min-count", "1",
+                 "--inject", "attention", "--batch-by-image", "--attention-reg", "0.5", "--keep-epochs", "1",
+                 "--scst-epochs", "1", "--hidden-dim", "32", "--attention-dim", "16"])
+    assert code == 0, capsys.readouterr().err
+    model = Captioner.from_pretrained(out / "model")
+    assert model.config.inject == "attention" and model.config.feature_locations == 49  # lite0: 7x7 at 224 px
+    assert sorted(p.name for p in (out / "epochs").iterdir()) == ["002"]  # the last epoch only
+    kept = Captioner.from_pretrained(out / "epochs" / "002")
+    assert kept.config == model.config
+
+
+def test_attention_options_need_an_attention_model(flickr_mini, tmp_path, capsys):
+    code = main(["train", "--data", str(flickr_mini), "--out", str(tmp_path / "r"), "--dry-run", "--attention-reg",
+                 "1"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "--inject attention" in err

@@ -18,7 +18,7 @@ from captioner.cli.common import (
 
 
 def add_parser(sub) -> None:
-    from captioner.config import CELL_TYPES, INJECT_MODES, POOLINGS
+    from captioner.config import ATTENTION_INITS, CELL_TYPES, INJECT_MODES, POOLINGS
 
     parser = sub.add_parser(
         "train", help="train a model on a caption dataset",
@@ -41,8 +41,16 @@ def add_parser(sub) -> None:
     arch.add_argument("--dropout", type=bounded(float, 0.0), default=0.5, help="dropout (default: 0.5)")
     arch.add_argument("--cell", choices=CELL_TYPES, default="lstm", help="recurrent cell (default: lstm)")
     arch.add_argument("--inject", choices=INJECT_MODES, default="every_step",
-                      help="every_step: image concatenated to every input (default); init_only: image sets the "
-                      "initial state only")
+                      help="every_step: the pooled image vector concatenated to every input (default); init_only: "
+                      "it sets the initial state only; attention: a soft attention over the encoder's feature map "
+                      "gives the context concatenated to every input")
+    arch.add_argument("--attention-dim", type=positive_int, default=256,
+                      help="with --inject attention: width of the attention's scoring layer (default: 256)")
+    arch.add_argument("--no-attention-gate", dest="attention_gate", action="store_false",
+                      help="with --inject attention: no sigmoid gate on the context (default: gated)")
+    arch.add_argument("--attention-init", choices=ATTENTION_INITS, default="mean",
+                      help="with --inject attention: the feature map's mean sets the initial state (mean, "
+                      "default) or it starts at zeros")
     parser.set_defaults(run=run)
 
 
@@ -76,11 +84,24 @@ def add_run_options(parser: argparse.ArgumentParser, epochs: int, lr: float) -> 
     parser.add_argument("--holdout", type=non_negative_int, default=0, metavar="N",
                         help="validate on N images held out of the training split (seeded) instead of --val-split, "
                         "so that model selection never sees the validation split (default: 0, off)")
+    parser.add_argument("--holdout-seed", type=int, default=None, metavar="SEED",
+                        help="seed of the held-out draw (default: --seed); train ensemble members with different "
+                        "--seed and one --holdout-seed so that none of them sees the images the ensemble is judged on")
     parser.add_argument("--label-smoothing", type=bounded(float, 0.0), default=0.0,
                         help="cross-entropy label smoothing (default: 0)")
     parser.add_argument("--flip-features", action="store_true",
                         help="augment: also cache the vectors of the mirrored training images and train on the "
                         "original or the mirror image with equal chance at each step (default: off)")
+    parser.add_argument("--batch-by-image", action="store_true",
+                        help="batches of whole images (all their captions together, about --batch-size captions), "
+                        "so each image's features are projected once per step: much faster for attention models "
+                        "(default: captions batched by length)")
+    parser.add_argument("--attention-reg", type=non_negative_float, default=0.0, metavar="LAMBDA",
+                        help="doubly stochastic attention penalty LAMBDA * sum_i (1 - sum_t alpha_ti)^2 (attention "
+                        "models; default: 0, off)")
+    parser.add_argument("--keep-epochs", type=non_negative_int, default=0, metavar="K",
+                        help="also keep the last K epochs' models in OUT/epochs/NNN, e.g. for checkpoint averaging "
+                        "with `captioner ensemble --average` (default: 0)")
     parser.add_argument("--val-max-images", type=non_negative_int, default=0,
                         help="validate on the first N images of the split only; 0 = all (default: 0)")
     scst = parser.add_argument_group("self-critical training (after the cross-entropy epochs)")
@@ -151,7 +172,9 @@ def train_config(args: argparse.Namespace):
             val_split=None if args.val_split.lower() == "none" else args.val_split, epochs=args.epochs,
             batch_size=args.batch_size, lr=args.lr, clip_norm=args.clip_norm, min_count=args.min_count,
             seed=args.seed, val_max_images=args.val_max_images, holdout=args.holdout,
+            holdout_seed=args.holdout_seed,
             label_smoothing=args.label_smoothing, flip_features=args.flip_features, select_by=args.select_by,
+            batch_by_image=args.batch_by_image, attention_reg=args.attention_reg, keep_epochs=args.keep_epochs,
             cache_dir=args.cache_dir,
             num_threads=args.threads, schedule=args.schedule, warmup_steps=args.warmup_steps,
             patience=args.patience, log_every=args.log_every, save_every=args.save_every,
@@ -190,7 +213,8 @@ def run(args: argparse.Namespace) -> int:
         model_cfg = ModelConfig(
             encoder=args.encoder, embed_dim=args.embed_dim, image_proj_dim=args.image_proj_dim,
             hidden_dim=args.hidden_dim, num_layers=args.layers, dropout=args.dropout, cell=args.cell,
-            inject=args.inject, pooling=args.pooling,
+            inject=args.inject, pooling=args.pooling, attention_dim=args.attention_dim,
+            attention_gate=args.attention_gate, attention_init=args.attention_init,
         )
     except ValueError as err:
         raise CliError(str(err), code=2) from None

@@ -60,6 +60,31 @@ def bucket_batches(
     return [batches[p] for p in perm]
 
 
+def image_batches(image_index: Sequence[int], batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    """Batches of whole images: the images are shuffled and each batch takes all the captions of the next images
+    until it holds at least ``batch_size`` captions. Deterministic for a given generator state.
+
+    Args:
+        image_index: image row of every caption.
+        batch_size: captions per batch (at least; a batch ends after the image that reaches it).
+        generator: seeded torch generator.
+
+    Returns:
+        Lists of caption indices.
+    """
+    captions: dict[int, list[int]] = {}
+    for i, image in enumerate(image_index):
+        captions.setdefault(image, []).append(i)
+    images = sorted(captions)
+    batches, current = [], []
+    for j in torch.randperm(len(images), generator=generator).tolist():
+        current += captions[images[j]]
+        if len(current) >= batch_size:
+            batches.append(current)
+            current = []
+    return batches + ([current] if current else [])
+
+
 def pad_batch(captions: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forcing inputs and targets.
 

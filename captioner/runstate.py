@@ -1,0 +1,123 @@
+"""The state of one training run, shared by the loop (:mod:`captioner.train`), self-critical training
+(:mod:`captioner.scst`), resuming (:mod:`captioner.resume`) and the run's reports (:mod:`captioner.runreport`):
+``Run`` and ``Progress``, the phase arithmetic and the one optimisation step they all take. Those modules import
+this one, never each other's loops, so the dependencies point one way.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from captioner.config import TrainConfig
+from captioner.model import Captioner
+from captioner.splits import Split
+
+LOG_FIELDS = ["step", "epoch", "loss", "grad_norm", "lr", "val_loss", "val_bleu4", "val_cider", "elapsed_s",
+              "reward"]
+DRY_RUN_BATCHES = 2
+
+
+@dataclass
+class Progress:
+    """Where the loop is; saved in the training state."""
+
+    epoch: int = 1
+    batch: int = 0  # batches of ``epoch`` already done
+    step: int = 0
+    best: dict = field(default_factory=dict)
+    bad_epochs: int = 0
+    history: list = field(default_factory=list)
+
+
+@dataclass
+class Run:
+    """Everything one training run works with."""
+
+    model: Captioner
+    cfg: TrainConfig
+    out: Path
+    train: Split
+    val: Split | None
+    trainable_encoder: list
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    card_extra: list[str]
+    progress: Progress = field(default_factory=Progress)
+    loss_fn: nn.Module = field(default_factory=lambda: nn.CrossEntropyLoss(ignore_index=0))
+    timings: dict = field(default_factory=dict)
+    reward: object = None  # SCST reward (built when self-critical training starts)
+    log_fields: list[str] = field(default_factory=lambda: list(LOG_FIELDS))
+
+    @property
+    def amp(self) -> bool:
+        return self.device.type == "cuda"
+
+
+@dataclass
+class TrainResult:
+    """What a run produced."""
+
+    model_dir: Path
+    best: dict
+    history: list[dict]
+    timings: dict
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU runs are then repeatable)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def xe_epochs(cfg: TrainConfig) -> int:
+    """Cross-entropy epochs (one in a dry run)."""
+    return min(cfg.epochs, 1) if cfg.dry_run else cfg.epochs
+
+
+def total_epochs(cfg: TrainConfig) -> int:
+    """Cross-entropy epochs plus self-critical epochs (one of each in a dry run)."""
+    return xe_epochs(cfg) + (min(cfg.scst_epochs, 1) if cfg.dry_run else cfg.scst_epochs)
+
+
+def is_scst(cfg: TrainConfig, epoch: int) -> bool:
+    """True when ``epoch`` is one of the self-critical epochs."""
+    return epoch > xe_epochs(cfg)
+
+
+def apply_gradients(run: Run, loss: torch.Tensor) -> float:
+    """Backpropagate ``loss``, clip the global gradient norm, step the optimizer and the per-step schedule.
+
+    Returns:
+        The gradient norm before clipping.
+    """
+    value = loss.item()
+    if not math.isfinite(value):
+        raise FloatingPointError(f"training loss became {value} at step {run.progress.step + 1}; lower --lr or "
+                                 "use --clip-norm")
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.unscale_(run.optimizer)
+    params = [p for group in run.optimizer.param_groups for p in group["params"]]
+    max_norm = run.cfg.clip_norm if run.cfg.clip_norm > 0 else float("inf")
+    norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    if not is_scst(run.cfg, run.progress.epoch) and not isinstance(
+            run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        run.scheduler.step()  # the schedule covers the cross-entropy epochs; SCST runs at a constant scst_lr
+    return norm
+
+
+def lr_of(run: Run) -> float:
+    """The learning rate of the first parameter group now."""
+    return float(run.optimizer.param_groups[0]["lr"])
