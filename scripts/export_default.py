@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""Package a trained run as the embedded default model (captioner/pretrained/default).
+"""Package trained runs as the embedded default model (captioner/pretrained/default).
 
-Evaluates the run's best model on the validation split with the CLI's default search (beam 3), stores the weights
-as float16 only if that changes no validation caption, and writes a model card with the training command, the data
-sha256, the timings and the BLEU table.
+Given one or more run directories trained with the same encoder, vocabulary and held-out images (``--holdout N
+--holdout-seed S``), the candidates are each run's best model alone and, with several runs, the ensemble of their
+best models, of their best cross-entropy models (before self-critical training) and of both. Each
+candidate is scored with the CLI's default search (beam 3) on the held-out images, which no run trained on, and the
+best CIDEr-D wins: the validation split plays no part in the choice. The winner is then evaluated on the validation
+split (greedy and beam 3) for the card, stored as float16 only if that changes no held-out caption, and written
+with a model card (commands, data sha256, timings, the held-out selection table and the validation table).
 
-Usage: python scripts/export_default.py RUN_DIR --data ../shared/data/flickr8k [--split val]
+Usage: python scripts/export_default.py RUN_DIR [RUN_DIR ...] --data ../shared/data/flickr8k [--split val]
 """
 
 from __future__ import annotations
@@ -17,87 +21,127 @@ import tempfile
 from pathlib import Path
 
 from captioner.checkpoint import files_sha256
-from captioner.config import POOLING_LABELS
 from captioner.data import load_dataset
 from captioner.encoders import get_spec
+from captioner.ensemble import combine
 from captioner.evaluate import evaluate
 from captioner.generate import GenerationConfig
 from captioner.model import DEFAULT_MODEL_DIR, Captioner
+from captioner.runreport import architecture_lines
+from captioner.splits import hold_out
+
+BEAM3 = GenerationConfig(beam_size=3)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path, help="run directory written by 'captioner train'")
+    parser.add_argument("runs", type=Path, nargs="+", help="run directories written by 'captioner train'")
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--split", default="val")
     parser.add_argument("--dest", type=Path, default=DEFAULT_MODEL_DIR)
     parser.add_argument("--cache-dir", default=None, help="feature cache (default: the user cache directory)")
     args = parser.parse_args()
 
-    model = Captioner.from_pretrained(args.run / "model")
+    summaries = [json.loads((run / "summary.json").read_text()) for run in args.runs]
+    held_out = _held_out(args.data, [s["train_config"] for s in summaries])
+    candidates = _candidates(args.runs)
+    scored = {name: evaluate(model, held_out, BEAM3, cache_dir=args.cache_dir, progress=False)
+              for name, model in candidates.items()}
+    choice = max(scored, key=lambda name: scored[name][0]["metrics"]["cider"])
+    model = candidates[choice]
     dataset = load_dataset(args.data, args.split)
-    tables = {}
-    for name, cfg in {"greedy": GenerationConfig(method="greedy"), "beam3": GenerationConfig(beam_size=3)}.items():
-        report, preds = evaluate(model, dataset, cfg, cache_dir=args.cache_dir)
-        tables[name] = (report, preds)
+    tables = {name: evaluate(model, dataset, cfg, cache_dir=args.cache_dir)
+              for name, cfg in {"greedy": GenerationConfig(method="greedy"), "beam3": BEAM3}.items()}
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(Path(tmp) / "half", half=True)
         half = Captioner.from_pretrained(Path(tmp) / "half")
-        _, half_preds = evaluate(half, dataset, GenerationConfig(beam_size=3), cache_dir=args.cache_dir, progress=False)
-    changed = sum(a.caption != b.caption for a, b in zip(tables["beam3"][1], half_preds))
-    use_half = changed == 0
-    summary = json.loads((args.run / "summary.json").read_text())
-    card = _card(args, model, summary, tables, changed, use_half)
-    model.save_pretrained(args.dest, card=card, half=use_half)
+        _, half_preds = evaluate(half, held_out, BEAM3, cache_dir=args.cache_dir, progress=False)
+    changed = sum(a.caption != b.caption for a, b in zip(scored[choice][1], half_preds))
+    card = _card(args, model, summaries, scored, choice, tables, changed)
+    model.save_pretrained(args.dest, card=card, half=changed == 0)
     print(card)
     return 0
 
 
-def _card(args, model, summary, tables, changed: int, use_half: bool) -> str:
+def _held_out(data: Path, configs: list[dict]):
+    """The images every run held out of its training split (they must be the same ones)."""
+    draws = {(c["holdout"], c["seed"] if c.get("holdout_seed") is None else c["holdout_seed"]) for c in configs}
+    if len(draws) != 1 or not next(iter(draws))[0]:
+        raise SystemExit(f"the runs must hold out the same images (--holdout N --holdout-seed S); got {sorted(draws)}")
+    n, seed = draws.pop()
+    return hold_out(load_dataset(data, "train"), n, seed)[1]
+
+
+def _candidates(runs: list[Path]) -> dict[str, Captioner]:
+    """Each run's best model alone and, with several runs, three ensembles: of their best models, of their best
+    cross-entropy models (``OUT/model_xe``, kept by self-critical training) and of both."""
+    best = [Captioner.from_pretrained(run / "model") for run in runs]
+    models = {run.name: model for run, model in zip(runs, best)}
+    if len(runs) > 1:
+        models[f"ensemble of {len(runs)}"] = combine(best, [str(r / "model") for r in runs])
+        xe_dirs = [run / "model_xe" for run in runs if (run / "model_xe" / "model.safetensors").is_file()]
+        if len(xe_dirs) == len(runs):
+            xe = [Captioner.from_pretrained(d) for d in xe_dirs]
+            models[f"ensemble of {len(runs)} cross-entropy models"] = combine(xe, [str(d) for d in xe_dirs])
+            models[f"ensemble of {2 * len(runs)} (both)"] = combine(
+                best + xe, [str(r / "model") for r in runs] + [str(d) for d in xe_dirs])
+    return models
+
+
+def _metric_row(name: str, report: dict) -> str:
+    m, nltk = report["metrics"], report["nltk_bleu"]
+    return (f"| {name} | {100 * m['bleu1']:.2f} | {100 * m['bleu2']:.2f} | {100 * m['bleu3']:.2f} | "
+            f"{100 * m['bleu4']:.2f} | {m['cider']:.3f} | {100 * m['rouge_l']:.2f} | {100 * nltk['bleu4']:.2f} "
+            f"| {report['unique_captions']} / {report['n_images']} |")
+
+
+def _card(args, model: Captioner, summaries: list[dict], scored: dict, choice: str, tables: dict,
+          changed: int) -> str:
     data_files = [args.data / "captions.txt", *sorted((args.data / "splits").glob("*.txt"))]
-    train_card = (args.run / "model" / "README.md").read_text().splitlines()
+    train_card = (args.runs[0] / "model" / "README.md").read_text().splitlines()
     command = next((line for line in train_card if line.startswith("- Command:")), "- Command: unknown")
-    t = summary["timings"]
-    rows = []
-    for name, (report, _) in tables.items():
-        m, nltk = report["metrics"], report["nltk_bleu"]
-        rows.append(f"| {name} | {100 * m['bleu1']:.2f} | {100 * m['bleu2']:.2f} | {100 * m['bleu3']:.2f} | "
-                    f"{100 * m['bleu4']:.2f} | {m['cider']:.3f} | {100 * m['rouge_l']:.2f} | {100 * nltk['bleu4']:.2f} "
-                    f"| {report['unique_captions']} / {report['n_images']} |")
-    c = model.config
+    header = ("| decoding | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | CIDEr-D | ROUGE-L | nltk BLEU-4 | unique captions |\n"
+              "|---|---|---|---|---|---|---|---|---|")
+    c, first = model.config, summaries[0]
+    features = max(s["timings"]["features_s"] for s in summaries)
+    training = sum(sum(s["timings"]["epoch_s"]) for s in summaries)
+    n_held = next(iter(scored.values()))[0]["n_images"]
     return "\n".join([
         "# captioner default model",
         "",
         "The model `captioner caption` uses when no `--model` is given.",
         "",
-        f"- Encoder: `{c.encoder}` — {get_spec(c.encoder).description}; frozen, "
-        f"{c.encoder_dim}-d vector (spatial {POOLING_LABELS[c.pooling]} of the feature map); preprocessing resize "
-        f"{c.preprocess.resize} ({c.preprocess.interpolation}), center crop {c.preprocess.crop}, mean/std "
-        f"{c.preprocess.mean}/{c.preprocess.std}",
-        f"- Decoder: {c.cell.upper()} ({c.num_layers} layer, hidden {c.hidden_dim}), embedding {c.embed_dim}, image "
-        f"projection {c.image_proj_dim} concatenated to the input at every step (`{c.inject}`), dropout {c.dropout}",
-        f"- Vocabulary: {c.vocab_size} tokens (min count {summary['train_config']['min_count']})",
-        f"- Training data: Flickr8k train split ({_train_images(args, summary)}) from the developers' data folder; "
+        *architecture_lines(c),
+        f"- Preprocessing: {get_spec(c.encoder).description}; resize {c.preprocess.resize} "
+        f"({c.preprocess.interpolation}), center crop {c.preprocess.crop}, mean/std {c.preprocess.mean}/"
+        f"{c.preprocess.std}",
+        f"- Vocabulary: {c.vocab_size} tokens (min count {first['train_config']['min_count']})",
+        f"- Training data: Flickr8k train split ({_train_images(args, first)}) from the developers' data folder; "
         f"data sha256 (captions.txt + split files): `{files_sha256(data_files)}`",
-        command,
+        command + (f" (runs {', '.join(r.name for r in args.runs)}: seeds "
+                   f"{', '.join(str(s['train_config']['seed']) for s in summaries)})" if len(args.runs) > 1 else ""),
         "- Reproduce from scratch: `bash scripts/train_default.sh` (the same settings written out; the feature-cache "
         "location does not change the weights)",
-        _training_line(summary),
-        _selection_line(summary),
-        f"- Wall time on 2 CPU cores: feature extraction {t['features_s']:.0f} s, training "
-        f"{sum(t['epoch_s']):.0f} s, total {t['total_s']:.0f} s",
-        f"- Weights stored as {'float16' if use_half else 'float32'} ({changed} of "
-        f"{tables['beam3'][0]['n_images']} validation captions change in float16)",
+        _training_line(first),
+        *[_selection_line(run.name, s) for run, s in zip(args.runs, summaries)],
+        f"- Wall time on 2 CPU cores: feature extraction {features:.0f} s, training {training:.0f} s "
+        f"({len(summaries)} run(s))",
+        f"- Weights stored as {'float16' if changed == 0 else 'float32'} ({changed} of {n_held} held-out "
+        "captions change in float16)",
+        "",
+        f"## Selection ({n_held} held-out training images, beam 3; the validation split was not looked at)",
+        "",
+        header,
+        *[_metric_row(name + (" (chosen)" if name == choice else ""), report) for name, (report, _) in scored.items()],
         "",
         f"## Validation ({args.split} split, {tables['beam3'][0]['n_images']} images, 5 references each)",
         "",
         "coco-caption BLEU-1..4 and ROUGE-L in percent, CIDEr-D on coco-caption's scale (see docs/metrics.md), and",
         "nltk's corpus BLEU-4 for comparison; free-running decoding, max length 20. Measured with",
-        "`python scripts/export_default.py`.",
+        "`python scripts/export_default.py` once the choice above was made.",
         "",
-        "| decoding | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | CIDEr-D | ROUGE-L | nltk BLEU-4 | unique captions |",
-        "|---|---|---|---|---|---|---|---|---|",
-        *rows,
+        header,
+        *[_metric_row(name, report) for name, (report, _) in tables.items()],
         "",
         "## Limits",
         "",
@@ -116,9 +160,10 @@ def _train_images(args, summary: dict) -> str:
 
 def _training_line(summary: dict) -> str:
     cfg = summary["train_config"]
-    line = (f"- Training: {cfg['epochs']} cross-entropy epochs (teacher forcing, batch {cfg['batch_size']}, Adam lr "
-            f"{cfg['lr']}, {cfg['schedule']} schedule, clip-norm {cfg['clip_norm']}, early stop after "
-            f"{cfg['patience']} epochs without a better held-out figure)")
+    line = (f"- Training: {cfg['epochs']} cross-entropy epochs (teacher forcing, batch {cfg['batch_size']}"
+            f"{' whole images' if cfg.get('batch_by_image') else ''}, Adam lr {cfg['lr']}, {cfg['schedule']} "
+            f"schedule, clip-norm {cfg['clip_norm']}, early stop after {cfg['patience']} epochs without a better "
+            "held-out figure)")
     if cfg.get("flip_features"):
         line += "; training images augmented with their mirror images (cached vectors of both, one drawn per step)"
     if cfg.get("scst_epochs"):
@@ -127,13 +172,15 @@ def _training_line(summary: dict) -> str:
     return line
 
 
-def _selection_line(summary: dict) -> str:
+def _selection_line(name: str, summary: dict) -> str:
     cfg, best = summary["train_config"], summary["best"]
-    where = (f"{cfg['holdout']} images held out of the training split (seed {cfg['seed']}); the validation split "
-             "was not looked at for training or selection" if cfg.get("holdout") else f"the `{cfg['val_split']}` split")
+    seed = cfg["seed"] if cfg.get("holdout_seed") is None else cfg["holdout_seed"]
+    where = (f"{cfg['holdout']} images held out of the training split (draw seed {seed})" if cfg.get("holdout")
+             else f"the `{cfg['val_split']}` split")
     total = cfg["epochs"] + cfg.get("scst_epochs", 0)
-    return (f"- Seed {cfg['seed']}; selected by `{cfg['select_by']}` of greedy captions on {where}: epoch "
-            f"{best['epoch']} of {total} (held-out BLEU-4 {best['val_bleu4']:.4f}, CIDEr-D {best['val_cider']:.3f})")
+    return (f"- {name}: seed {cfg['seed']}; epoch selected by `{cfg['select_by']}` of greedy captions on {where}: "
+            f"epoch {best['epoch']} of {total} (held-out BLEU-4 {best['val_bleu4']:.4f}, CIDEr-D "
+            f"{best['val_cider']:.3f})")
 
 
 if __name__ == "__main__":
