@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from captioner.data.cache import FeatureCache, cached_features, default_cache_dir
 from captioner.images import ImageLoadError, load_image
-from captioner.model import Captioner
+from captioner.config import ModelConfig
+from captioner.model import Captioner, complete_config
 
 logger = logging.getLogger(__name__)
 
@@ -134,3 +135,36 @@ def image_features(
         paths, cache, lambda todo: encode_files(model, todo, batch_size=batch_size, progress=progress, mirror=mirror)
     )
     return torch.from_numpy(feats), failures
+
+
+def fill_cache(config: ModelConfig, paths: Sequence[Path], cache_dir: str | Path | None = None,
+               mirror: bool = False, batch_size: int = 32, chunk: int = 1000) -> dict:
+    """Encode image files into the feature cache ahead of training (several runs then share one extraction).
+
+    Args:
+        config: the architecture the features are for (its encoder, pooling and injection decide the cache key).
+        paths: image files.
+        cache_dir: cache root (None: the user cache directory).
+        mirror: cache the mirrored images' features (``--flip-features``) instead.
+        batch_size: images per encoder forward pass.
+        chunk: images encoded and appended to the cache at a time (bounds the memory).
+
+    Returns:
+        ``{"images", "new", "unreadable", "key", "dir"}`` (``unreadable``: path → reason).
+    """
+    from captioner.vocab import Vocabulary
+
+    vocab = Vocabulary()
+    model = Captioner(complete_config(config, len(vocab)), vocab)
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    shape, dtype = feature_layout(model)
+    cache = FeatureCache(root, encoder_cache_key(model, mirror), shape, dtype)
+    before, unreadable = len(cache.index), {}
+    for start in tqdm(range(0, len(paths), chunk), desc="features", unit="chunk", leave=False):
+        part = list(paths[start : start + chunk])
+        _, failed = image_features(model, part, cache_dir=root, batch_size=batch_size, progress=False,
+                                   mirror=mirror)
+        unreadable.update({str(part[i]): reason for i, reason in failed.items()})
+    cache = FeatureCache(root, encoder_cache_key(model, mirror), shape, dtype)  # re-read the published index
+    return {"images": len(paths), "new": len(cache.index) - before, "unreadable": unreadable,
+            "key": cache.key, "dir": str(cache.dir)}

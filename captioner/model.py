@@ -7,6 +7,7 @@ Nothing is pickled.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import logging
 import os
@@ -42,6 +43,17 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("device cuda was asked for but no CUDA GPU is available; use --device cpu")
     return torch.device(name)
+
+
+def complete_config(config: ModelConfig, vocab_size: int) -> ModelConfig:
+    """Fill in what the vocabulary and the encoder decide: sizes, preprocessing and, for attention, the feature
+    map's locations."""
+    spec = encoders.get_spec(config.encoder)
+    if config.attention:
+        return dataclasses.replace(config, vocab_size=vocab_size, preprocess=spec.preprocess, encoder_dim=spec.out_dim,
+                                   feature_locations=encoders.feature_locations(spec.name))
+    return dataclasses.replace(config, vocab_size=vocab_size, preprocess=spec.preprocess,
+                               encoder_dim=encoders.pooled_dim(spec.out_dim, config.pooling))
 
 
 def resolve_model_dir(name_or_dir: str | Path | None) -> Path:
@@ -163,6 +175,10 @@ class Captioner(nn.Module):
 
         directory = resolve_model_dir(directory)
         missing = [name for name in MODEL_FILES if not (directory / name).is_file()]
+        olds = sorted(directory.parent.glob(f".{glob.escape(directory.name)}.old-*"))
+        if missing and olds and not directory.exists():
+            raise ModelLoadError(f"{directory} is missing, but a save that was interrupted left the previous model "
+                                 f"in {olds[-1]}: rename it back to {directory.name} (or save the model again)")
         if missing:
             raise ModelLoadError(
                 f"{directory} is not a captioner model directory (missing {', '.join(missing)}); "

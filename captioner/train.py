@@ -13,7 +13,6 @@ Run directory: ``train_config.json``, ``model_config.json``, ``log.csv``, ``summ
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import shutil
@@ -25,7 +24,7 @@ from PIL import ImageOps
 from torch import nn
 from tqdm.auto import tqdm
 
-from captioner import encoders, scst
+from captioner import scst
 from captioner.attention import doubly_stochastic_penalty
 from captioner.checkpoint import CsvLog, atomic_write_text, load_training_state
 from captioner.config import ModelConfig, TrainConfig, to_json
@@ -36,7 +35,7 @@ from captioner.features import encode_files
 from captioner.generate import GenerationConfig
 from captioner.images import load_image
 from captioner.metrics import score_captions
-from captioner.model import Captioner, resolve_device
+from captioner.model import Captioner, complete_config, resolve_device
 from captioner.optim import build_optimizer, build_scheduler, encoder_train_mode, set_trainable
 from captioner.resume import restore, save_state
 from captioner.runreport import fmt_row, model_card, run_summary
@@ -60,18 +59,8 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, resume: bool =
     seed_everything(cfg.seed)
     train_set, val_set = load_splits(cfg)
     vocab = Vocabulary.build(train_set.captions(), cfg.min_count)
-    model = Captioner(_complete_model_config(model_cfg or ModelConfig(), len(vocab)), vocab)
+    model = Captioner(complete_config(model_cfg or ModelConfig(), len(vocab)), vocab)
     return fit(model, cfg, train_set, val_set, resume=resume)
-
-
-def _complete_model_config(model_cfg: ModelConfig, vocab_size: int) -> ModelConfig:
-    """Fill in what the vocabulary and the encoder decide: sizes, preprocessing, the feature map's locations."""
-    spec = encoders.get_spec(model_cfg.encoder)
-    if model_cfg.attention:
-        return dataclasses.replace(model_cfg, vocab_size=vocab_size, preprocess=spec.preprocess,
-                                   encoder_dim=spec.out_dim, feature_locations=encoders.feature_locations(spec.name))
-    return dataclasses.replace(model_cfg, vocab_size=vocab_size, preprocess=spec.preprocess,
-                               encoder_dim=encoders.pooled_dim(spec.out_dim, model_cfg.pooling))
 
 
 def fit(model: Captioner, cfg: TrainConfig, train_set: CaptionSet, val_set: CaptionSet | None,

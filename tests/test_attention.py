@@ -83,23 +83,33 @@ def test_image_index_projects_each_image_once_with_the_same_result(setup):
 def test_the_context_enters_every_step_through_w_ih(cell):
     torch.manual_seed(0)
     vocab = Vocabulary(WORDS)
-    dec = AttentionDecoder(attention_config(len(vocab), cell=cell, attention_init="zeros")).eval()
+    dec = AttentionDecoder(attention_config(len(vocab), cell=cell, attention_init="zeros", num_layers=2)).eval()
     feats = torch.randn(2, L, C, requires_grad=True)
     tokens = _padded_tokens(len(vocab), [6, 6])
-    seen = []
-    hook = dec.rnn[0].register_forward_hook(lambda mod, inputs, out: seen.append(inputs[0].detach()))
+    contexts = []
+    hook = dec.attention.register_forward_hook(lambda mod, inputs, out: contexts.append(out[0].detach()))
     logits = dec(feats, tokens)
     hook.remove()
-    embed = dec.config.embed_dim
-    assert len(seen) == 6 and all(x.shape == (2, embed + dec.config.image_proj_dim) for x in seen)
-    for t, x in enumerate(seen):  # the cell input at step t is [embed(w_t) ; context_t]
-        assert torch.allclose(x[:, :embed], dec.embed(tokens[:, t]))
-    contexts = torch.stack([x[:, embed:] for x in seen], dim=1)  # (B, T, P)
-    assert not torch.allclose(contexts[:, 0], contexts[:, 5])  # it moves: the attention is recomputed every step
+    assert len(contexts) == 6 and all(z.shape == (2, dec.config.image_proj_dim) for z in contexts)
+    assert not torch.allclose(contexts[0], contexts[5])  # it moves: the attention is recomputed every step
+    # replay with PyTorch's own cells fed [embed(w_t) ; context_t]: the decoder computes exactly that
+    hidden = torch.zeros(2, dec.config.num_layers, dec.config.hidden_dim)
+    cells = torch.zeros_like(hidden)
+    with torch.no_grad():
+        for t, z in enumerate(contexts):
+            inputs = torch.cat([dec.embed(tokens[:, t]), z], dim=1)  # (B, E + P): the input W_ih multiplies
+            for layer, module in enumerate(dec.rnn):
+                if cell == "lstm":
+                    h, c = module(inputs, (hidden[:, layer], cells[:, layer]))
+                    cells[:, layer] = c
+                else:
+                    h = module(inputs, hidden[:, layer])
+                hidden[:, layer], inputs = h, h
+            assert torch.allclose(dec.head(inputs), logits[:, t], atol=1e-5), t
     (grad,) = torch.autograd.grad(logits[:, 5].sum(), feats)
     assert grad.abs().sum() > 0  # the image reaches the last step
     with torch.no_grad():
-        dec.rnn[0].weight_ih[:, embed:] = 0  # cut W_ih's image columns: with a zero initial state the image is gone
+        dec.rnn[0].weight_ih[:, dec.config.embed_dim:] = 0  # cut W_ih's image columns: with a zero state the image is gone
     assert torch.allclose(dec(feats, tokens), dec(torch.randn_like(feats), tokens))
 
 

@@ -69,3 +69,40 @@ def test_convert_with_missing_images_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "missing" in err and "nothing was written" in err and not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_features_fills_the_cache_that_training_reads(flickr_mini, tmp_path, capsys, monkeypatch):
+    import captioner.features
+
+    cache = tmp_path / "cache"
+    args = ["data", "features", str(flickr_mini), "--map", "--cache-dir", str(cache), "--json"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["images"] == 20 and summary["new"] == 20 and not summary["unreadable"]
+    assert "map=float16" in summary["key"]
+    assert main(args) == 0 and json.loads(capsys.readouterr().out)["new"] == 0  # nothing is encoded twice
+
+    def no_encoding(*_, **__):
+        raise AssertionError("training encoded an image the cache should have held")
+
+    monkeypatch.setattr(captioner.features, "encode_files", no_encoding)
+    assert main(["train", "--data", str(flickr_mini), "--out", str(tmp_path / "run"), "--dry-run", "--min-count", "1",
+                 "--inject", "attention", "--cache-dir", str(cache)]) == 0
+    with_vectors = ["train", "--data", str(flickr_mini), "--out", str(tmp_path / "run2"), "--dry-run", "--min-count",
+                    "1", "--cache-dir", str(cache)]
+    capsys.readouterr()
+    assert main(with_vectors) != 0  # pooled vectors have another cache key: nothing was cached for them
+    assert "should have held" in capsys.readouterr().err
+
+
+def test_features_reports_unreadable_images_and_bad_arguments(tmp_path, capsys):
+    root = _dataset(tmp_path)
+    Image.new("RGB", (8, 8), "red").save(root / "images" / "b.jpg")  # two distinct readable images
+    assert main(["data", "features", str(root), "--splits", "train", "--cache-dir", str(tmp_path / "c")]) == 0
+    captured = capsys.readouterr()
+    assert "3 images of train: 2 encoded now, 1 unreadable" in captured.out
+    assert "c.jpg" in captured.err and "warning:" in captured.err
+    assert main(["data", "features", str(root), "--encoder", "no_such_net"]) == 1
+    assert capsys.readouterr().err.startswith("error: unknown encoder 'no_such_net'")
+    assert main(["data", "features", str(root), "--splits", "nope"]) == 1
+    assert "error:" in capsys.readouterr().err

@@ -36,6 +36,30 @@ def test_save_replaces_an_existing_directory_and_half_precision(tiny_model, tmp_
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left behind
 
 
+def test_a_save_killed_midway_loses_no_model(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "m", card="# first\n")
+    (tmp_path / "m").rename(tmp_path / ".m.old-4242")  # killed between moving the old model aside and moving in the new
+    (tmp_path / ".m.x1y2z3").mkdir()  # and a half-written new one
+    (tmp_path / ".m.x1y2z3" / "config.json").write_text("{")
+    with pytest.raises(ModelLoadError, match=r"interrupted.*\.m\.old-4242: rename it back to m"):
+        Captioner.from_pretrained(tmp_path / "m")
+    tiny_model.save_pretrained(tmp_path / "other")  # saving elsewhere touches nothing of m's
+    assert (tmp_path / ".m.old-4242").is_dir() and (tmp_path / ".m.x1y2z3").is_dir()
+    tiny_model.save_pretrained(tmp_path / "m", card="# second\n")  # the next save of m cleans up
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "other"]
+    assert (tmp_path / "m" / "README.md").read_text() == "# second\n"
+
+
+def test_an_interrupted_save_is_recovered_before_the_next_one(tiny_model, tmp_path):
+    from captioner.model import recover_interrupted_save
+
+    tiny_model.save_pretrained(tmp_path / "m", card="# first\n")
+    (tmp_path / "m").rename(tmp_path / ".m.old-4242")
+    recover_interrupted_save(tmp_path / "m")
+    assert (tmp_path / "m" / "README.md").read_text() == "# first\n" and not (tmp_path / ".m.old-4242").exists()
+    assert torch.equal(_logits(tiny_model), _logits(Captioner.from_pretrained(tmp_path / "m")))
+
+
 def test_no_pickle_in_model_directory(tiny_model, tmp_path):
     tiny_model.save_pretrained(tmp_path / "m")
     head = (tmp_path / "m" / "model.safetensors").read_bytes()[:8]

@@ -1,9 +1,10 @@
-"""``captioner data check|convert|subset|download``: inspect, convert, subset and download datasets."""
+"""``captioner data check|convert|subset|features|download``: inspect, convert, subset, pre-encode and download\ndatasets."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from captioner.cli.common import CliError, add_image_options, apply_image_options, positive_int
 
@@ -38,6 +39,7 @@ def add_parser(sub) -> None:
     convert.add_argument("--copy", action="store_true", help="copy images instead of hard-linking them")
     convert.set_defaults(run=run_convert)
     _add_subset_parser(actions)
+    _add_features_parser(actions)
     from captioner.cli import download as download_cli
 
     download_cli.add_parser(actions)
@@ -61,6 +63,31 @@ def _add_subset_parser(actions) -> None:
     subset.add_argument("--seed", type=int, default=0, help="seed for the draw and the split (default: 0)")
     subset.add_argument("--images", metavar="DIR", help="folder holding the images already (linked and hashed)")
     subset.set_defaults(run=run_subset)
+
+
+def _add_features_parser(actions) -> None:
+    from captioner.config import POOLINGS
+
+    features = actions.add_parser(
+        "features", help="encode a dataset's images into the feature cache once, for several training runs",
+        description="Encode the images of the given splits with a frozen encoder into the memory-mapped feature "
+        "cache that `captioner train` reads (same --cache-dir), so that runs started afterwards, even in parallel, "
+        "find every image encoded. Images already cached are skipped; unreadable ones are counted and reported.")
+    _source_options(features)
+    features.add_argument("--splits", default="train,val", help="comma-separated splits (default: train,val)")
+    features.add_argument("--encoder", default="efficientnet_lite0", help="encoder name (default: efficientnet_lite0)")
+    features.add_argument("--map", action="store_true",
+                          help="cache the unpooled feature maps that `train --inject attention` reads (float16) "
+                          "instead of pooled vectors")
+    features.add_argument("--pooling", choices=POOLINGS, default="avg", help="pooling of the vectors (default: avg)")
+    features.add_argument("--mirror", action="store_true",
+                          help="cache the mirrored images' features (what `train --flip-features` adds)")
+    features.add_argument("--cache-dir", default=None, metavar="DIR",
+                          help="feature-cache directory (default: $CAPTIONER_CACHE or ~/.cache/captioner/features)")
+    features.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
+    features.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's choice)")
+    features.add_argument("--json", action="store_true", help="print the summary as JSON")
+    features.set_defaults(run=run_features)
 
 
 def _source_options(parser: argparse.ArgumentParser) -> None:
@@ -119,6 +146,34 @@ def run_subset(args: argparse.Namespace) -> int:
         raise CliError(str(err)) from None
     print(f"wrote {args.out}: {manifest['counts']} images per split, {manifest['images_present']} image files "
           "linked")
+    return 0
+
+
+def run_features(args: argparse.Namespace) -> int:
+    import torch
+
+    from captioner.config import ModelConfig
+    from captioner.data import DatasetError, load_dataset
+    from captioner.features import fill_cache
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    try:
+        config = ModelConfig(encoder=args.encoder, pooling=args.pooling,
+                             inject="attention" if args.map else "every_step")
+        paths = list(dict.fromkeys(item.path for split in splits
+                                   for item in load_dataset(args.path, split, args.data_format, args.images).items))
+        summary = fill_cache(config, paths, cache_dir=args.cache_dir, mirror=args.mirror, batch_size=args.batch_size)
+    except (DatasetError, ValueError) as err:
+        raise CliError(str(err)) from None
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{summary['images']} images of {', '.join(splits)}: {summary['new']} encoded now, "
+              f"{len(summary['unreadable'])} unreadable; cache {summary['dir']} ({summary['key']})")
+    for path, reason in summary["unreadable"].items():
+        print(f"warning: {path}: {reason}", file=sys.stderr)
     return 0
 
 
