@@ -164,6 +164,8 @@ class TrainConfig:
         batch_by_image: cross-entropy batches hold whole images, all their captions together (about
             ``batch_size`` captions), so each image's features are projected once per step (what makes attention
             models fast); otherwise captions are batched by length across images.
+        image_size: 0 keeps the encoder's own preprocessing; N resizes each image's shorter side to N and
+            center-crops N x N (a square image is then seen whole; the encoders' own crops cut off its borders).
         attention_reg: weight of the doubly stochastic attention penalty ``sum_i (1 - sum_t alpha_ti)^2`` (Show,
             Attend and Tell), which asks every location to be looked at about once per caption (0: off).
         keep_epochs: also write each of the last K epochs' models to ``out/epochs/NNN`` (for checkpoint averaging
@@ -215,6 +217,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     flip_features: bool = False
     batch_by_image: bool = False
+    image_size: int = 0
     attention_reg: float = 0.0
     keep_epochs: int = 0
     val_max_length: int = 20

@@ -143,13 +143,15 @@ def build_encoder(name: str, pretrained: bool = True, pooling: str = "avg", spat
     return encoder.eval()
 
 
-def feature_locations(name: str) -> int:
-    """Locations ``h * w`` of a registered encoder's feature map at its preprocessing's crop size (measured with
-    one forward pass of the untrained trunk, so it holds for any stride and padding)."""
+def feature_locations(name: str, crop: int = 0) -> int:
+    """Locations ``h * w`` of a registered encoder's feature map for square images of side ``crop`` (0: its
+    preprocessing's crop size), measured with one forward pass of the untrained trunk, so it holds for any stride and
+    padding."""
     spec = get_spec(name)
     encoder = spec.builder(False).eval()
+    side = crop or spec.preprocess.crop
     with torch.inference_mode():
-        fmap = encoder.trunk(torch.zeros(1, 3, spec.preprocess.crop, spec.preprocess.crop))  # (1, C, h, w)
+        fmap = encoder.trunk(torch.zeros(1, 3, side, side))  # (1, C, h, w)
     return int(fmap.shape[2] * fmap.shape[3])
 
 

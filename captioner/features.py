@@ -138,7 +138,7 @@ def image_features(
 
 
 def fill_cache(config: ModelConfig, paths: Sequence[Path], cache_dir: str | Path | None = None,
-               mirror: bool = False, batch_size: int = 32, chunk: int = 1000) -> dict:
+               mirror: bool = False, batch_size: int = 32, chunk: int = 1000, image_size: int = 0) -> dict:
     """Encode image files into the feature cache ahead of training (several runs then share one extraction).
 
     Args:
@@ -148,6 +148,7 @@ def fill_cache(config: ModelConfig, paths: Sequence[Path], cache_dir: str | Path
         mirror: cache the mirrored images' features (``--flip-features``) instead.
         batch_size: images per encoder forward pass.
         chunk: images encoded and appended to the cache at a time (bounds the memory).
+        image_size: as ``train --image-size`` (0: the encoder's own preprocessing).
 
     Returns:
         ``{"images", "new", "unreadable", "key", "dir"}`` (``unreadable``: path → reason).
@@ -155,7 +156,7 @@ def fill_cache(config: ModelConfig, paths: Sequence[Path], cache_dir: str | Path
     from captioner.vocab import Vocabulary
 
     vocab = Vocabulary()
-    model = Captioner(complete_config(config, len(vocab)), vocab)
+    model = Captioner(complete_config(config, len(vocab), image_size), vocab)
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     shape, dtype = feature_layout(model)
     cache = FeatureCache(root, encoder_cache_key(model, mirror), shape, dtype)

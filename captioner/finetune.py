@@ -108,6 +108,9 @@ def finetune(cfg: TrainConfig, ft: FinetuneConfig, resume: bool = False) -> Fine
     """Fine-tune ``ft.base`` on ``cfg.data``; writes the run directory of :func:`captioner.train.fit` plus
     ``finetune_report.json`` (before/after figures, added words)."""
     seed_everything(cfg.seed)
+    if cfg.image_size:
+        raise ValueError("--image-size does not apply to fine-tuning: the model keeps its base model's preprocessing "
+                         "(its features would change under it); leave it out")
     model = Captioner.from_pretrained(ft.base)
     check_trainable(model, cfg)  # before the (slow) measurements
     train_set, val_set = load_splits(cfg)

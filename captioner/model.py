@@ -45,14 +45,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def complete_config(config: ModelConfig, vocab_size: int) -> ModelConfig:
+def complete_config(config: ModelConfig, vocab_size: int, image_size: int = 0) -> ModelConfig:
     """Fill in what the vocabulary and the encoder decide: sizes, preprocessing and, for attention, the feature
-    map's locations."""
+    map's locations.
+
+    Args:
+        config: the architecture.
+        vocab_size: the vocabulary's size.
+        image_size: 0 keeps the encoder's own preprocessing; N resizes the shorter side to N and center-crops N x N
+            (the whole of a square image, where the encoder's own crop cuts its borders off).
+    """
     spec = encoders.get_spec(config.encoder)
+    preprocess = dataclasses.replace(spec.preprocess, resize=image_size, crop=image_size) if image_size else (
+        spec.preprocess)
     if config.attention:
-        return dataclasses.replace(config, vocab_size=vocab_size, preprocess=spec.preprocess, encoder_dim=spec.out_dim,
-                                   feature_locations=encoders.feature_locations(spec.name))
-    return dataclasses.replace(config, vocab_size=vocab_size, preprocess=spec.preprocess,
+        return dataclasses.replace(config, vocab_size=vocab_size, preprocess=preprocess, encoder_dim=spec.out_dim,
+                                   feature_locations=encoders.feature_locations(spec.name, preprocess.crop))
+    return dataclasses.replace(config, vocab_size=vocab_size, preprocess=preprocess,
                                encoder_dim=encoders.pooled_dim(spec.out_dim, config.pooling))
 
 

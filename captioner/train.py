@@ -59,7 +59,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, resume: bool =
     seed_everything(cfg.seed)
     train_set, val_set = load_splits(cfg)
     vocab = Vocabulary.build(train_set.captions(), cfg.min_count)
-    model = Captioner(complete_config(model_cfg or ModelConfig(), len(vocab)), vocab)
+    model = Captioner(complete_config(model_cfg or ModelConfig(), len(vocab), cfg.image_size), vocab)
     return fit(model, cfg, train_set, val_set, resume=resume)
 
 

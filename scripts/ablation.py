@@ -73,7 +73,9 @@ def run_one(name: str, seed: int, args: argparse.Namespace, threads: int) -> dic
         result = SimpleNamespace(best=summary["best"], timings=summary["timings"])
     else:
         result = train(cfg, ModelConfig(encoder=args.encoder, **model_kw))
-    minutes = sum(result.timings["epoch_s"]) / 60  # the epochs with their validation, not the feature extraction
+    # the budget's epochs with their validation, not the feature extraction (a run trained longer elsewhere, e.g.
+    # with a second self-critical epoch that was not selected, is charged for the budget's epochs only)
+    minutes = sum(result.timings["epoch_s"][: args.epochs + args.scst_epochs]) / 60
     with open(out / "log.csv", newline="", encoding="utf-8") as handle:
         norms = [float(r["grad_norm"]) for r in csv.DictReader(handle) if r["grad_norm"]]
     record = {"variant": name, "seed": seed, "epochs": args.epochs, "scst_epochs": args.scst_epochs,

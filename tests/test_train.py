@@ -2,6 +2,7 @@ import csv
 import json
 
 import pytest
+from PIL import Image
 
 from captioner.cli import main
 from captioner.model import Captioner
@@ -148,3 +149,24 @@ def test_attention_options_need_an_attention_model(flickr_mini, tmp_path, capsys
                  "1"])
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "--inject attention" in err
+
+
+def test_image_size_sees_the_whole_image_and_is_recorded(shapes_dataset, tmp_path, capsys):
+
+    from captioner.features import encoder_cache_key
+
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(shapes_dataset), "--out", str(out), "--dry-run", "--min-count", "1",
+                 "--inject", "attention", "--image-size", "160"]) == 0
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["preprocess"]["resize"] == config["preprocess"]["crop"] == 160
+    assert config["feature_locations"] == 25  # 160 / 32 = 5: a 5 x 5 map
+    model = Captioner.from_pretrained(out / "model")
+    assert model.transform(Image.new("RGB", (300, 200))).shape == (3, 160, 160)  # captioning preprocesses alike
+    default = Captioner.from_pretrained(out / "model")
+    default.config.preprocess = type(model.config.preprocess)()
+    assert encoder_cache_key(model) != encoder_cache_key(default)  # its features are cached apart
+    code = main(["finetune", "--from", str(out / "model"), "--data", str(shapes_dataset), "--out", str(tmp_path / "f"),
+                 "--image-size", "200"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "--image-size does not apply to fine-tuning" in err

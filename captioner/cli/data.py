@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from captioner.cli.common import CliError, add_image_options, apply_image_options, positive_int
+from captioner.cli.common import CliError, add_image_options, apply_image_options, non_negative_int, positive_int
 
 
 def add_parser(sub) -> None:
@@ -80,6 +80,8 @@ def _add_features_parser(actions) -> None:
                           help="cache the unpooled feature maps that `train --inject attention` reads (float16) "
                           "instead of pooled vectors")
     features.add_argument("--pooling", choices=POOLINGS, default="avg", help="pooling of the vectors (default: avg)")
+    features.add_argument("--image-size", type=non_negative_int, default=0, metavar="N",
+                          help="as `train --image-size` (default: 0, the encoder's own preprocessing)")
     features.add_argument("--mirror", action="store_true",
                           help="cache the mirrored images' features (what `train --flip-features` adds)")
     features.add_argument("--cache-dir", default=None, metavar="DIR",
@@ -164,7 +166,8 @@ def run_features(args: argparse.Namespace) -> int:
                              inject="attention" if args.map else "every_step")
         paths = list(dict.fromkeys(item.path for split in splits
                                    for item in load_dataset(args.path, split, args.data_format, args.images).items))
-        summary = fill_cache(config, paths, cache_dir=args.cache_dir, mirror=args.mirror, batch_size=args.batch_size)
+        summary = fill_cache(config, paths, cache_dir=args.cache_dir, mirror=args.mirror, batch_size=args.batch_size,
+                             image_size=args.image_size)
     except (DatasetError, ValueError) as err:
         raise CliError(str(err)) from None
     if args.json:

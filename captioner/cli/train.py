@@ -96,6 +96,9 @@ def add_run_options(parser: argparse.ArgumentParser, epochs: int, lr: float) -> 
                         help="batches of whole images (all their captions together, about --batch-size captions), "
                         "so each image's features are projected once per step: much faster for attention models "
                         "(default: captions batched by length)")
+    parser.add_argument("--image-size", type=non_negative_int, default=0, metavar="N",
+                        help="resize each image's shorter side to N and center-crop N x N, so a square image is seen "
+                        "whole (default: 0, the encoder's own preprocessing, whose crop cuts the borders off)")
     parser.add_argument("--attention-reg", type=non_negative_float, default=0.0, metavar="LAMBDA",
                         help="doubly stochastic attention penalty LAMBDA * sum_i (1 - sum_t alpha_ti)^2 (attention "
                         "models; default: 0, off)")
@@ -174,7 +177,8 @@ def train_config(args: argparse.Namespace):
             seed=args.seed, val_max_images=args.val_max_images, holdout=args.holdout,
             holdout_seed=args.holdout_seed,
             label_smoothing=args.label_smoothing, flip_features=args.flip_features, select_by=args.select_by,
-            batch_by_image=args.batch_by_image, attention_reg=args.attention_reg, keep_epochs=args.keep_epochs,
+            batch_by_image=args.batch_by_image, image_size=args.image_size, attention_reg=args.attention_reg,
+            keep_epochs=args.keep_epochs,
             cache_dir=args.cache_dir,
             num_threads=args.threads, schedule=args.schedule, warmup_steps=args.warmup_steps,
             patience=args.patience, log_every=args.log_every, save_every=args.save_every,
