@@ -40,6 +40,9 @@ def main() -> int:
     parser.add_argument("--split", default="val")
     parser.add_argument("--dest", type=Path, default=DEFAULT_MODEL_DIR)
     parser.add_argument("--cache-dir", default=None, help="feature cache (default: the user cache directory)")
+    parser.add_argument("--features-s", type=float, default=None,
+                        help="seconds the feature cache took to fill before training (train_default.sh fills it "
+                        "with `captioner data features`; default: the runs' own extraction time)")
     args = parser.parse_args()
 
     summaries = [json.loads((run / "summary.json").read_text()) for run in args.runs]
@@ -103,8 +106,8 @@ def _card(args, model: Captioner, summaries: list[dict], scored: dict, choice: s
     header = ("| decoding | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | CIDEr-D | ROUGE-L | nltk BLEU-4 | unique captions |\n"
               "|---|---|---|---|---|---|---|---|---|")
     c, first = model.config, summaries[0]
-    features = max(s["timings"]["features_s"] for s in summaries)
-    training = sum(sum(s["timings"]["epoch_s"]) for s in summaries)
+    features = args.features_s if args.features_s is not None else max(s["timings"]["features_s"] for s in summaries)
+    per_run = [sum(s["timings"]["epoch_s"]) for s in summaries]
     n_held = next(iter(scored.values()))[0]["n_images"]
     return "\n".join([
         "# captioner default model",
@@ -124,8 +127,9 @@ def _card(args, model: Captioner, summaries: list[dict], scored: dict, choice: s
         "location does not change the weights)",
         _training_line(first),
         *[_selection_line(run.name, s) for run, s in zip(args.runs, summaries)],
-        f"- Wall time on 2 CPU cores: feature extraction {features:.0f} s, training {training:.0f} s "
-        f"({len(summaries)} run(s))",
+        f"- Time on 2 CPU cores: feature extraction {features:.0f} s, training {max(per_run):.0f} s for the "
+        f"slowest of {len(per_run)} run(s) ({sum(per_run):.0f} s in all; train_default.sh trains two at a time, "
+        "one core each)",
         f"- Weights stored as {'float16' if changed == 0 else 'float32'} ({changed} of {n_held} held-out "
         "captions change in float16)",
         "",
@@ -146,9 +150,10 @@ def _card(args, model: Captioner, summaries: list[dict], scored: dict, choice: s
         "## Limits",
         "",
         "Trained on a few thousand Flickr8k photos (mostly people and dogs outdoors): captions of other kinds of",
-        "picture are often generic or wrong. Captions are lowercase without punctuation. Self-critical training",
-        "raises CIDEr-D by favouring the safest phrasing: fewer distinct captions and words than a cross-entropy",
-        "model (see the unique-captions column).",
+        "picture are often generic or wrong. Captions are lowercase without punctuation." + (
+            " Self-critical training raises CIDEr-D by favouring the safest phrasing: fewer distinct captions and "
+            "words than a cross-entropy model (see the unique-captions column)." if first["train_config"].get(
+                "scst_epochs") else ""),
         "",
     ])
 
