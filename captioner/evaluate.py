@@ -49,7 +49,8 @@ def caption_vectors(
     """Best hypothesis for each image vector ``(N, D)``, in batches."""
     best: list[Hypothesis] = []
     starts = range(0, features.shape[0], batch_size)
-    for start in tqdm(starts, desc="captioning", unit="batch", disable=not progress, leave=False):
+    for start in tqdm(starts, desc="captioning", unit="batch", disable=None if progress else True,
+                      leave=False):
         best += [h[0] for h in model.caption_features(features[start : start + batch_size], config)]
     return best
 

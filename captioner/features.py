@@ -71,7 +71,8 @@ def encode_files(
         num_workers=num_workers if len(paths) > batch_size else 0,
         collate_fn=_collate,
     )
-    for batch in tqdm(loader, desc="encoding images", unit="batch", disable=not progress, leave=False):
+    for batch in tqdm(loader, desc="encoding images", unit="batch",
+                      disable=None if progress else True, leave=False):
         failures.update({i: reason for i, _, reason in batch if reason})
         good = [(i, pixels) for i, pixels, reason in batch if not reason]
         if good:
@@ -161,7 +162,8 @@ def fill_cache(config: ModelConfig, paths: Sequence[Path], cache_dir: str | Path
     shape, dtype = feature_layout(model)
     cache = FeatureCache(root, encoder_cache_key(model, mirror), shape, dtype)
     before, unreadable = len(cache.index), {}
-    for start in tqdm(range(0, len(paths), chunk), desc="features", unit="chunk", leave=False):
+    for start in tqdm(range(0, len(paths), chunk), desc="features", unit="chunk", leave=False,
+                      disable=None):  # no bar when stderr is not a terminal
         part = list(paths[start : start + chunk])
         _, failed = image_features(model, part, cache_dir=root, batch_size=batch_size, progress=False,
                                    mirror=mirror)

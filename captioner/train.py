@@ -168,7 +168,8 @@ def _train_epoch(run: Run, log: CsvLog) -> float:
         step, label = (lambda batch: _xe_step(run, batch)), f"epoch {progress.epoch}"
     total, count = 0.0, 0
     todo = batches[progress.batch :]
-    bar = tqdm(todo, desc=label, unit="batch", leave=False)
+    # disable=None: no bar when stderr is not a terminal (a log file would get one line per batch)
+    bar = tqdm(todo, desc=label, unit="batch", leave=False, disable=None)
     for batch in bar:
         value, norm, extra = step(batch)
         progress.batch, progress.step = progress.batch + 1, progress.step + 1
