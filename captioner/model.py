@@ -66,10 +66,15 @@ def complete_config(config: ModelConfig, vocab_size: int, image_size: int = 0) -
 
 
 def resolve_model_dir(name_or_dir: str | Path | None) -> Path:
-    """``None`` or ``"default"`` → the embedded default model; anything else is a directory path."""
+    """``None`` or ``"default"`` → the embedded default model; a training run's directory (``runs/mine``, holding
+    ``model/`` and ``train_config.json`` but no ``config.json``) → its best model ``runs/mine/model``; anything
+    else is the model directory itself."""
     if name_or_dir is None or str(name_or_dir) == "default":
         return DEFAULT_MODEL_DIR
-    return Path(name_or_dir)
+    path = Path(name_or_dir)
+    if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
+        return path / "model"
+    return path
 
 
 class Captioner(nn.Module):

@@ -68,6 +68,16 @@ def test_no_pickle_in_model_directory(tiny_model, tmp_path):
     assert all(k.startswith("decoder.") for k in header if k != "__metadata__")
 
 
+def test_a_training_run_directory_loads_its_best_model(tiny_model, tmp_path):
+    """``--model runs/mine`` as users type it: the run's ``model/`` is loaded; a model directory still wins."""
+    run = tmp_path / "runs" / "mine"
+    tiny_model.save_pretrained(run / "model")
+    (run / "train_config.json").write_text("{}")
+    assert torch.equal(_logits(Captioner.from_pretrained(run)), _logits(tiny_model))
+    with pytest.raises(ModelLoadError, match="not a captioner model directory"):
+        Captioner.from_pretrained(run / "epochs")
+
+
 def test_loading_an_incomplete_directory_says_what_is_missing(tmp_path):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text("{}")

@@ -40,7 +40,8 @@ positive_float = bounded(float, 0.0, inclusive=False)
 def add_model_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default="default", metavar="DIR",
-        help="model directory (written by 'captioner train'); default: the embedded default model",
+        help="model directory, or a training run's directory (its best model, RUN/model, is used); "
+        "default: the embedded default model",
     )
 
 
