@@ -21,6 +21,8 @@ ATTENTION_INITS = ("mean", "zeros")
 POOLING_LABELS = {"avg": "mean", "avgmax": "mean+max"}  # for model cards
 SELECT_BY = ("cider", "bleu4", "loss")
 SCHEDULES = ("constant", "cosine", "plateau")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
 FREEZABLE = ("embedding", "decoder", "head")
 
 
@@ -187,7 +189,9 @@ class TrainConfig:
         unfreeze_encoder: train the last N blocks of the encoder too (0: frozen encoder, cached features).
         encoder_lr: learning rate of the unfrozen encoder blocks (None: ``lr / 10``).
         train_bn: let the unfrozen blocks' BatchNorm layers update their statistics (default: kept in eval mode).
-        device: ``cpu``, ``cuda`` or ``auto``; mixed precision is used on CUDA.
+        device: ``cpu``, ``cuda``, ``mps`` or ``auto`` (CUDA, else MPS, else the CPU).
+        precision: ``fp32``, ``bf16`` or ``fp16`` mixed precision (autocast; a gradient scaler with fp16 on CUDA;
+            bf16 works on the CPU, fp16 does not), or ``auto``: fp16 on CUDA, fp32 elsewhere.
         scst_epochs: epochs of self-critical sequence training (CIDEr-D reward on sampled captions) after the
             ``epochs`` cross-entropy epochs, starting from the best cross-entropy model (0: none).
         scst_lr: learning rate of the self-critical epochs (constant).
@@ -236,6 +240,7 @@ class TrainConfig:
     encoder_lr: float | None = None
     train_bn: bool = False
     device: str = "cpu"
+    precision: str = "auto"
     scst_epochs: int = 0
     scst_lr: float = 5e-5
     scst_samples: int = 5
@@ -248,6 +253,10 @@ class TrainConfig:
             raise ValueError(f"select_by must be one of {SELECT_BY}, got {self.select_by!r}")
         if self.on_bad_image not in ("skip", "error"):
             raise ValueError(f"on_bad_image must be skip or error, got {self.on_bad_image!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.epochs < 0 or self.epochs + self.scst_epochs < 1:

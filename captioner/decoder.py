@@ -141,7 +141,7 @@ class Decoder(nn.Module):
         x = self.dropout(self.embed(tokens))  # (B, T, E)
         if image is not None:
             x = torch.cat([x, image.unsqueeze(1).expand(-1, x.shape[1], -1)], dim=2)  # (B, T, E+P)
-        out, state = self.rnn(x, state)  # (B, T, H)
+        out, state = _run_rnn(self.rnn, x, state)  # (B, T, H)
         return self.head(self.dropout(out)), state  # (B, T, V)
 
     def forward(self, features: torch.Tensor, tokens: torch.Tensor,
@@ -175,3 +175,15 @@ def build_decoder(config: ModelConfig) -> nn.Module:
 
         return AttentionDecoder(config)
     return Decoder(config)
+
+
+def _run_rnn(rnn: nn.Module, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
+    """``rnn(x, state)``, in fp32 under CPU autocast: oneDNN has no reduced-precision LSTM kernel on CPUs without
+    bf16 instructions, so with ``--precision bf16`` on the CPU the embedding, projections and output layer run in
+    bf16 and the recurrent layer in fp32."""
+    if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return rnn(x, state)
+    if state is not None:
+        state = tuple(s.float() for s in state) if isinstance(state, tuple) else state.float()
+    with torch.autocast("cpu", enabled=False):
+        return rnn(x.float(), state)

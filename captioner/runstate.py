@@ -56,10 +56,7 @@ class Run:
     timings: dict = field(default_factory=dict)
     reward: object = None  # SCST reward (built when self-critical training starts)
     log_fields: list[str] = field(default_factory=lambda: list(LOG_FIELDS))
-
-    @property
-    def amp(self) -> bool:
-        return self.device.type == "cuda"
+    amp_dtype: torch.dtype | None = None  # autocast's dtype for the training forward (None: fp32)
 
 
 @dataclass
@@ -70,6 +67,26 @@ class TrainResult:
     best: dict
     history: list[dict]
     timings: dict
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a training precision on a device (None: plain fp32).
+
+    ``auto`` is fp16 on CUDA (with a gradient scaler) and fp32 elsewhere; ``bf16`` works everywhere; ``fp16``
+    needs a GPU (CUDA or MPS): on the CPU it is refused with a pointer to bf16.
+    """
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cpu":
+        raise ValueError("--precision fp16 needs a GPU; on the CPU use --precision bf16 (or fp32)")
+    return torch.float16
+
+
+def grad_scaler(dtype: torch.dtype | None, device: torch.device) -> torch.amp.GradScaler:
+    """A gradient scaler, enabled only for fp16 on CUDA (bf16 has fp32's range and needs none)."""
+    return torch.amp.GradScaler("cuda", enabled=dtype == torch.float16 and device.type == "cuda")
 
 
 def seed_everything(seed: int) -> None:

@@ -40,8 +40,8 @@ from captioner.optim import build_optimizer, build_scheduler, encoder_train_mode
 from captioner.resume import restore, save_state
 from captioner.runreport import fmt_row, model_card, run_summary
 from captioner.runstate import (
-    DRY_RUN_BATCHES, LOG_FIELDS, Run, TrainResult, apply_gradients, is_scst, lr_of, seed_everything,
-    total_epochs, xe_epochs,
+    DRY_RUN_BATCHES, LOG_FIELDS, Run, TrainResult, apply_gradients, autocast_dtype, grad_scaler, is_scst, lr_of,
+    seed_everything, total_epochs, xe_epochs,
 )
 from captioner.splits import Split, load_splits, mirror_draw, prepare_split
 from captioner.vocab import Vocabulary
@@ -117,8 +117,9 @@ def _build_run(model: Captioner, cfg: TrainConfig, out: Path, train_set: Caption
     batches = len(xe_batches(train_split, cfg, torch.Generator()))
     epochs = xe_epochs(cfg)
     scheduler = build_scheduler(optimizer, cfg, epochs * (min(batches, DRY_RUN_BATCHES) if cfg.dry_run else batches))
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-    run = Run(model, cfg, out, train_split, val_split, trainable, optimizer, scheduler, scaler, device, card_extra,
+    amp_dtype = autocast_dtype(cfg.precision, device)
+    run = Run(model, cfg, out, train_split, val_split, trainable, optimizer, scheduler,
+              grad_scaler(amp_dtype, device), device, card_extra, amp_dtype=amp_dtype,
               loss_fn=nn.CrossEntropyLoss(ignore_index=model.vocab.pad_id, label_smoothing=cfg.label_smoothing))
     run.timings["features_s"] = time.perf_counter() - t0
     return run
@@ -202,7 +203,8 @@ def _train_step(run: Run, rows: torch.Tensor, inputs: torch.Tensor, targets: tor
     features, image_index = _train_features(run, rows)
     penalty = run.cfg.attention_reg
     decoder = run.model.decoder
-    with torch.autocast(device_type=run.device.type, dtype=torch.float16, enabled=run.amp):
+    with torch.autocast(device_type=run.device.type, dtype=run.amp_dtype or torch.float32,
+                        enabled=run.amp_dtype is not None):
         if penalty:
             logits, weights = decoder(features, inputs, image_index=image_index, return_attention=True)
         else:

@@ -65,6 +65,8 @@ def test_gradient_clipping_is_applied(shapes_dataset, tmp_path):
         (["--data", "{data}", "--out", "{out}", "--epochs", "-1"], "at least 0"),
         (["--data", "{data}", "--out", "{out}", "--pooling", "max"], "invalid choice: 'max'"),
         (["--data", "{data}", "--out", "{earlier}"], "already holds an earlier run"),
+        (["--data", "{data}", "--out", "{out}", "--precision", "fp16"], "on the CPU use --precision bf16"),
+        (["--data", "{data}", "--out", "{out}", "--precision", "fp8"], "invalid choice: 'fp8'"),
     ],
 )
 def test_bad_train_arguments_give_one_error_line(shapes_dataset, tmp_path, capsys, argv, message):

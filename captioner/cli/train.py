@@ -137,8 +137,13 @@ def add_run_options(parser: argparse.ArgumentParser, epochs: int, lr: float) -> 
     parser.add_argument("--cache-dir", default=None, metavar="DIR",
                         help="feature cache (default: $CAPTIONER_CACHE or ~/.cache/captioner/features)")
     parser.add_argument("--threads", type=non_negative_int, default=0, help="torch CPU threads; 0 = torch's default")
-    parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu",
-                        help="where to train; mixed precision on cuda (default: cpu)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="cpu",
+                        help="where to train: auto picks CUDA, else Apple MPS, else the CPU (default: cpu, "
+                        "where a seeded run is repeatable)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                        help="training arithmetic: fp32, or bf16/fp16 mixed precision (autocast; fp16 with a "
+                        "gradient scaler, GPU only; bf16 also on the CPU); auto = fp16 on CUDA, fp32 elsewhere "
+                        "(default: auto)")
     add_image_options(parser)
     parser.add_argument("--dry-run", action="store_true",
                         help="a couple of batches of everything on a few images, to check the wiring in seconds")
@@ -185,7 +190,7 @@ def train_config(args: argparse.Namespace):
             keep_checkpoints=args.keep_checkpoints,
             freeze=[f.strip() for f in args.freeze.split(",") if f.strip()],
             unfreeze_encoder=args.unfreeze_encoder, encoder_lr=args.encoder_lr, train_bn=args.train_bn,
-            device=args.device, scst_epochs=args.scst_epochs, scst_lr=args.scst_lr,
+            device=args.device, precision=args.precision, scst_epochs=args.scst_epochs, scst_lr=args.scst_lr,
             scst_samples=args.scst_samples, scst_batch_size=args.scst_batch_size, dry_run=args.dry_run,
             command=shlex.join(["captioner", *sys.argv[1:]]),
         )
