@@ -12,12 +12,15 @@ Every decoder has the same interface, which :func:`captioner.generate.generate` 
   (batch dimension 1; None means zeros), computed once per caption;
 - ``step(tokens, context, state) -> DecoderStep(logits, state, attention)``: one token per row;
 - ``forward(features, tokens, image_index=None) -> logits``: teacher forcing.
+
+The search needs only ``config``, ``start`` and ``step`` (:class:`StepDecoder`), which is how the ONNX Runtime
+backend (:class:`captioner.onnx_backend.OrtDecoder`) shares the search with these modules.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple, Protocol, Union
 
 import torch
 from torch import nn
@@ -41,6 +44,24 @@ class DecoderStep(NamedTuple):
     logits: torch.Tensor
     state: Any
     attention: torch.Tensor | None
+
+
+class StepDecoder(Protocol):
+    """What :func:`captioner.generate.generate` needs of a decoder: PyTorch decoders, ensembles and the ONNX Runtime
+    adapter all have it.
+
+    Attributes:
+        config: the model configuration (the search reads ``config.attention``).
+    """
+
+    config: ModelConfig
+
+    def start(self, features: torch.Tensor) -> tuple[Any, Any]:
+        """Features ``(B, D)`` or ``(B, L, C)`` → ``(context, state)``: context tensors have rows on dimension 0,
+        state tensors on dimension 1 (None: zeros)."""
+
+    def step(self, tokens: torch.Tensor, context: Any, state: Any) -> DecoderStep:
+        """Ids ``(B,)`` → :class:`DecoderStep` with logits ``(B, V)``."""
 
 
 def map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], tree: Any) -> Any:

@@ -4,8 +4,9 @@ server.
 Three methods, all batched over images: ``greedy``, ``beam`` (vectorised over images × beams, n-best with
 log-probabilities, length normalisation) and ``sample`` (temperature, top-k, several samples per image). Generation
 never emits ``<pad>``, ``<start>`` or ``<unk>``: their logits are masked, so a caption is always made of real words.
-Any decoder with the interface of :mod:`captioner.decoder` works: pooled-vector, attention and ensembles (whose
-per-step "logits" are mean log-probabilities).
+Any decoder with the interface of :mod:`captioner.decoder` (:class:`~captioner.decoder.StepDecoder`) works:
+pooled-vector, attention and ensembles (whose per-step "logits" are mean log-probabilities), and the ONNX Runtime
+adapter of :mod:`captioner.onnx_backend`, which runs exported graphs.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from captioner.decoder import map_tensors, reorder_state
+from captioner.decoder import StepDecoder, map_tensors, reorder_state
 from captioner.vocab import Vocabulary
 
 METHODS = ("greedy", "beam", "sample")
@@ -81,12 +81,12 @@ class Hypothesis:
 
 @torch.inference_mode()
 def generate(
-    decoder: nn.Module, features: torch.Tensor, vocab: Vocabulary, config: GenerationConfig | None = None
+    decoder: StepDecoder, features: torch.Tensor, vocab: Vocabulary, config: GenerationConfig | None = None
 ) -> list[list[Hypothesis]]:
     """Caption a batch of images.
 
     Args:
-        decoder: the trained decoder or ensemble (put in eval mode by the caller).
+        decoder: the trained decoder or ensemble (put in eval mode by the caller), or an ONNX Runtime adapter.
         features: image vectors ``(B, D)``, or feature maps ``(B, L, D)`` for an attention decoder.
         vocab: the vocabulary (for the special-token ids).
         config: search settings (default: beam search, beam 3).
@@ -120,7 +120,7 @@ def _length_score(log_prob: torch.Tensor, length: torch.Tensor, penalty: float) 
 
 
 def _left_to_right(
-    decoder: nn.Module, features: torch.Tensor, vocab: Vocabulary, config: GenerationConfig
+    decoder: StepDecoder, features: torch.Tensor, vocab: Vocabulary, config: GenerationConfig
 ) -> list[list[Hypothesis]]:
     """Greedy decoding or sampling: one token per row per step (``n_best`` rows per image when sampling)."""
     copies = config.n_best if config.method == "sample" else 1
@@ -193,7 +193,7 @@ def _hypothesis(row: list[int], log_prob: float, penalty: float, vocab: Vocabula
 
 
 def _beam_search(
-    decoder: nn.Module, features: torch.Tensor, vocab: Vocabulary, config: GenerationConfig
+    decoder: StepDecoder, features: torch.Tensor, vocab: Vocabulary, config: GenerationConfig
 ) -> list[list[Hypothesis]]:
     """Beam search over all images × beams at once.
 
