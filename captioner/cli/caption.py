@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from captioner.cli.common import (
-    add_decoding_options, add_device_option, add_image_options, add_model_option, apply_image_options,
+    CliError, add_decoding_options, add_device_option, add_image_options, add_model_option, apply_image_options,
     generation_config, load_model, positive_int,
 )
 
@@ -29,6 +29,10 @@ def add_parser(sub) -> None:
                         help='print one JSON object per line: {"image", "caption", "log_prob"}')
     add_image_options(parser, bad_image_choice=False)
     add_device_option(parser)
+    parser.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                        help="run the model with PyTorch, or with ONNX Runtime on CPU from a directory written by "
+                        "`captioner export` given as --model (same search, same captions; faster encoder) "
+                        "(default: torch)")
     parser.set_defaults(run=run)
 
 
@@ -54,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
     apply_image_options(args)
     config = generation_config(args)
-    model = load_model(args.model, args.device)
+    model = load_backend(args)
     errors = 0
     batch: list[tuple[Path, object]] = []
     for path, problem in collect_images(args.paths):
@@ -71,6 +75,23 @@ def run(args: argparse.Namespace) -> int:
             batch = []
     _emit(model, batch, config, args.json)
     return 1 if errors else 0
+
+
+def load_backend(args: argparse.Namespace):
+    """The PyTorch model, or with ``--backend onnxruntime`` the ONNX export that ``--model`` names."""
+    if args.backend == "torch":
+        return load_model(args.model, args.device)
+    if args.device == "cuda":
+        raise CliError("--backend onnxruntime runs on CPU only; drop --device cuda or use --backend torch")
+    if args.model == "default":
+        raise CliError("--backend onnxruntime needs an export: run `captioner export --out EXPORT_DIR` (the default "
+                       "model) and pass --model EXPORT_DIR")
+    from captioner.onnx_backend import ExportLoadError, OnnxCaptioner
+
+    try:
+        return OnnxCaptioner(args.model)
+    except (ExportLoadError, ValueError, OSError) as err:
+        raise CliError(f"cannot load ONNX export {args.model}: {err}") from None
 
 
 def _emit(model, batch: list, config, as_json: bool) -> None:

@@ -1,0 +1,242 @@
+"""ONNX export and the onnxruntime backend: the exported graphs, searched by the same generate(), caption exactly
+as the PyTorch model (shipped default on the demo photos; tiny pooled, attention, ensemble and old models), and bad
+input gets one error line."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from torch import nn
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from captioner.cli import main  # noqa: E402
+from captioner.cli.common import CliError  # noqa: E402
+from captioner.cli.export import check_out  # noqa: E402
+from captioner.encoders import ImageEncoder  # noqa: E402
+from captioner.generate import GenerationConfig  # noqa: E402
+from captioner.images import load_image  # noqa: E402
+from captioner.model import Captioner  # noqa: E402
+from captioner.onnx_backend import OnnxCaptioner, compare_backends  # noqa: E402
+from captioner.onnx_export import EXPORT_FILES, MANIFEST, export_onnx  # noqa: E402
+from conftest import tiny_config  # noqa: E402
+
+OLD_MODELS = Path(__file__).parent / "fixtures" / "old_models"
+SEARCHES = {"greedy": GenerationConfig(method="greedy", max_length=12),
+            "beam3": GenerationConfig(beam_size=3, n_best=3, max_length=12)}
+TINY = {  # ModelConfig fields over tiny_config; a 12-channel encoder (7 x 7 map at 224 px)
+    "pooled_lstm": dict(encoder_dim=12),
+    "gru_init_only_2layers": dict(encoder_dim=12, cell="gru", inject="init_only", num_layers=2),
+    "attention": dict(encoder_dim=12, inject="attention", feature_locations=49, attention_dim=10),
+    "attention_ensemble": dict(encoder_dim=12, inject="attention", feature_locations=49, attention_dim=10,
+                               num_decoders=2),
+}
+
+
+def tiny_encoder(spatial: bool) -> ImageEncoder:
+    """A one-convolution encoder: exported in a fraction of a second (the real ones take several seconds)."""
+    torch.manual_seed(1)
+    return ImageEncoder(nn.Sequential(nn.Conv2d(3, 12, 32, stride=32), nn.ReLU()), out_dim=12, spatial=spatial).eval()
+
+
+def _tokens(hyps):
+    return [[h.tokens for h in image] for image in hyps]
+
+
+def _images(n: int = 4) -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (60 + 10 * i, 80, 3), dtype=np.uint8)) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def tiny_exports(tmp_path_factory, request):
+    """Each TINY model and its export directory, made once."""
+    from captioner.vocab import Vocabulary
+    from conftest import WORDS
+
+    vocab, out = Vocabulary(WORDS), {}
+    for name, fields in TINY.items():
+        torch.manual_seed(0)
+        config = tiny_config(len(vocab), **fields)
+        model = Captioner(config, vocab, encoder=tiny_encoder(config.attention)).eval()
+        directory = tmp_path_factory.mktemp("onnx") / name
+        export_onnx(model, directory)
+        out[name] = (model, OnnxCaptioner(directory))
+    return out
+
+
+@pytest.mark.parametrize("search", sorted(SEARCHES))
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_tiny_models_caption_identically_with_onnxruntime(tiny_exports, name, search):
+    model, exported = tiny_exports[name]
+    images = _images()
+    want = model.caption_images(images, SEARCHES[search])
+    got = exported.caption_images(images, SEARCHES[search])
+    assert _tokens(got) == _tokens(want)
+    assert [h.log_prob for image in got for h in image] == pytest.approx(
+        [h.log_prob for image in want for h in image], abs=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_step_logits_and_features_match(tiny_exports, name):
+    model, exported = tiny_exports[name]
+    pixels = torch.stack([model.transform(img) for img in _images(3)])  # batch 3: not the export's batch of 2
+    diffs = compare_backends(model, exported, pixels, steps=4)
+    assert diffs["features"] < 1e-4 and diffs["logits"] < 1e-4, diffs
+
+
+def test_the_export_is_self_contained_with_dynamic_batch(tiny_exports):
+    import onnx
+
+    _, exported = tiny_exports["attention"]
+    directory = exported.directory
+    assert sorted(p.name for p in directory.iterdir()) == sorted(EXPORT_FILES)
+    manifest = json.loads((directory / MANIFEST).read_text())
+    assert manifest["opset"] == 17 and manifest["torch_version"] == torch.__version__
+    assert manifest["onnx_version"] == onnx.__version__ and manifest["state"] == ["state_0", "state_1"]  # h, c
+    step = onnx.load(str(directory / manifest["graphs"]["decoder_step"]))
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in step.graph.input}
+    assert dims["tokens"] == ["batch"] and dims["state_0"] == [1, "batch", 24] and dims["context_0"][0] == "batch"
+
+
+@pytest.mark.parametrize("name", ["lstm_every_step", "gru_init_only", "lstm2_every_step"])
+def test_old_model_directories_export_and_caption_as_they_did(name, tmp_path):
+    loaded = Captioner.from_pretrained(OLD_MODELS / name)
+    model = Captioner(loaded.config, loaded.vocab, encoder=tiny_encoder(False))  # their configs say 12-d images
+    model.decoder.load_state_dict(loaded.decoder.state_dict())
+    export_onnx(model.eval(), tmp_path / "export")
+    exported = OnnxCaptioner(tmp_path / "export")
+    features = load_file(str(OLD_MODELS / "features.safetensors"))["features"]  # (4, 12)
+    expected = json.loads((OLD_MODELS / "expected.json").read_text())[name]
+    for search, config in SEARCHES.items():
+        assert _tokens(exported.caption_features(features, config)) == [
+            [h["tokens"] for h in image] for image in expected[search]]
+
+
+# --- the shipped default model on the demo photos -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def default_export(tmp_path_factory):
+    """The default model exported by the CLI (about 10 s: the Lite2 encoder)."""
+    out = tmp_path_factory.mktemp("default") / "onnx"
+    assert main(["export", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def demo_photos(shared_data) -> list[Path]:
+    photos = sorted((shared_data / "demo").glob("*.jpg"))
+    if not photos:
+        pytest.skip("no demo photos")
+    return photos
+
+
+@pytest.mark.slow
+def test_default_model_greedy_captions_are_identical_on_the_demo_photos(default_export, demo_photos, capsys):
+    capsys.readouterr()
+    common = ["caption", *map(str, demo_photos), "--beam-size", "1", "--batch-size", "8"]
+    assert main(common) == 0
+    want = capsys.readouterr().out
+    assert main([*common, "--backend", "onnxruntime", "--model", str(default_export)]) == 0
+    got = capsys.readouterr().out
+    assert got == want and len(got.splitlines()) == len(demo_photos)
+
+
+@pytest.mark.slow
+def test_default_model_step_logits_within_1e_4(default_export, demo_photos):
+    model = Captioner.from_pretrained("default")
+    exported = OnnxCaptioner(default_export)
+    pixels = torch.stack([model.transform(load_image(p)) for p in demo_photos[:3]])
+    diffs = compare_backends(model, exported, pixels, steps=5)
+    assert diffs["logits"] < 1e-4 and diffs["features"] < 1e-3, diffs
+
+
+# --- bad input: one error line ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def model_dir(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "model")
+    return tmp_path / "model"
+
+
+def _one_error_line(capsys, code: int, needle: str) -> None:
+    err = capsys.readouterr().err
+    assert code != 0 and err.startswith("error:") and len(err.strip().splitlines()) == 1, err
+    assert needle in err and "Traceback" not in err, err
+
+
+def test_export_refuses_to_replace_without_overwrite(model_dir, tmp_path, capsys):
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "encoder.onnx").write_bytes(b"old")
+    _one_error_line(capsys, main(["export", "--model", str(model_dir), "--out", str(out)]), "--overwrite")
+    check_out(out, str(model_dir), overwrite=True)  # allowed to replace an export
+    (out / "notes.txt").write_text("precious")
+    _one_error_line(capsys, main(["export", "--model", str(model_dir), "--out", str(out), "--overwrite"]),
+                    "holds other files")
+    _one_error_line(capsys, main(["export", "--model", str(model_dir), "--out", str(model_dir)]), "--model directory")
+    with pytest.raises(CliError):
+        check_out(out, str(model_dir), overwrite=True)
+    assert (out / "notes.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--model", "MODEL"], "captioner export --model"),
+    (["--model", "NOWHERE"], "not a directory"),
+    ([], "captioner export --out"),
+    (["--model", "MODEL", "--device", "cuda"], "CPU only"),
+])
+def test_the_onnxruntime_backend_needs_an_export(model_dir, tmp_path, capsys, extra, needle):
+    extra = [str(model_dir) if a == "MODEL" else str(tmp_path / "nowhere") if a == "NOWHERE" else a for a in extra]
+    image = tmp_path / "red.png"
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(image)
+    _one_error_line(capsys, main(["caption", str(image), "--backend", "onnxruntime", *extra]), needle)
+
+
+def test_a_corrupt_graph_is_one_error_line(tiny_exports, tmp_path, capsys):
+    import shutil
+
+    _, exported = tiny_exports["pooled_lstm"]
+    broken = tmp_path / "broken"
+    shutil.copytree(exported.directory, broken)
+    (broken / "decoder_step.onnx").write_bytes(b"not a graph")
+    image = tmp_path / "red.png"
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(image)
+    _one_error_line(capsys, main(["caption", str(image), "--backend", "onnxruntime", "--model", str(broken)]),
+                    "export the model again")
+
+
+def test_onnxruntime_is_not_imported_by_the_cli_or_the_torch_path():
+    code = "import sys; from captioner.cli.main import build_parser; build_parser(); print('onnxruntime' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("side", [31, 32])
+def test_tf_same_padding_is_fixed_for_the_export_size(side, tmp_path):
+    import onnx
+    from timm.layers.conv2d_same import Conv2dSame
+
+    from captioner.onnx_export import _export, _FixedPadConv, fix_same_padding
+
+    torch.manual_seed(0)
+    net = nn.Sequential(Conv2dSame(3, 4, 3, stride=2), nn.ReLU(), Conv2dSame(4, 4, 5, stride=2, groups=4)).eval()
+    pixels = torch.randn(2, 3, side, side)
+    fixed = fix_same_padding(net, pixels)
+    assert isinstance(fixed[0], _FixedPadConv) and isinstance(fixed[2], _FixedPadConv)
+    assert isinstance(net[0], Conv2dSame)  # the model's own encoder is left alone
+    with torch.no_grad():
+        assert torch.equal(fixed(pixels), net(pixels))
+    _export(fixed, (pixels,), tmp_path / "g.onnx", ["pixels"], ["out"], {"pixels": {0: "batch"}}, 17)
+    graph = onnx.load(str(tmp_path / "g.onnx")).graph
+    assert "Shape" not in {n.op_type for n in graph.node}  # the pads no longer depend on the input's shape
+    assert all("" not in n.input for n in graph.node)  # so that ONNX Runtime fuses each Pad into its Conv
