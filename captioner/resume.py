@@ -15,7 +15,9 @@ STATE_FORMAT = 1
 
 
 def save_state(run: Run) -> None:
-    """Write the resume state (atomic) and keep the last few."""
+    """Write the resume state (atomic) and keep the last few (rank 0 of a distributed job only)."""
+    if not run.dist.is_main:
+        return
     model = run.model
     state = {
         "format": STATE_FORMAT,
@@ -46,7 +48,8 @@ def restore(run: Run, state: dict) -> None:
     run.scaler.load_state_dict(state["scaler"])
     run.progress = type(run.progress)(**state["progress"])
     set_rng_state(state["rng"])
-    truncate_log(run.out / "log.csv", run.progress.step, run.log_fields)
+    if run.dist.is_main:
+        truncate_log(run.out / "log.csv", run.progress.step, run.log_fields)
     logger.info("resuming at epoch %d, batch %d (step %d)", run.progress.epoch, run.progress.batch,
                 run.progress.step)
 

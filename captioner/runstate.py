@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from captioner.config import TrainConfig
+from captioner.distributed import SINGLE, DistContext
 from captioner.model import Captioner
 from captioner.splits import Split
 
@@ -57,6 +58,8 @@ class Run:
     reward: object = None  # SCST reward (built when self-critical training starts)
     log_fields: list[str] = field(default_factory=lambda: list(LOG_FIELDS))
     amp_dtype: torch.dtype | None = None  # autocast's dtype for the training forward (None: fp32)
+    dist: DistContext = SINGLE  # this process's place in a torchrun job
+    net: nn.Module | None = None  # the decoder in DistributedDataParallel (None: one process)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from PIL import ImageOps
 from torch import nn
 from tqdm.auto import tqdm
 
-from captioner import scst
+from captioner import distributed, scst
 from captioner.attention import doubly_stochastic_penalty
 from captioner.checkpoint import CsvLog, atomic_write_text, load_training_state
 from captioner.config import ModelConfig, TrainConfig, to_json
@@ -76,26 +76,34 @@ def fit(model: Captioner, cfg: TrainConfig, train_set: CaptionSet, val_set: Capt
         card_extra: lines added to the model card (e.g. the base model and the words added).
     """
     start = time.perf_counter()
-    check_trainable(model, cfg)
+    ctx = distributed.from_env()
+    check_trainable(model, cfg, ctx)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    run = _build_run(model, cfg, out, train_set, val_set, card_extra or [])
+    joined = ctx.active and not torch.distributed.is_initialized()
+    run = _build_run(model, cfg, out, train_set, val_set, card_extra or [], ctx)
     if resume:
         restore(run, load_training_state(out))
-    else:
+    elif ctx.is_main:
         to_json(cfg, out / "train_config.json")
         to_json(model.config, out / "model_config.json")
     _loop(run)
     run.timings["total_s"] = time.perf_counter() - start
     result = TrainResult(out / "model", run.progress.best, run.progress.history, run.timings)
-    atomic_write_text(out / "summary.json", json.dumps(run_summary(result, cfg, model.vocab), indent=2) + "\n")
+    if ctx.is_main:
+        atomic_write_text(out / "summary.json", json.dumps(run_summary(result, cfg, model.vocab), indent=2) + "\n")
+    if joined:
+        distributed.teardown(ctx)
     return result
 
 
-def check_trainable(model: Captioner, cfg: TrainConfig) -> None:
-    """Refuse settings the model cannot train with."""
+def check_trainable(model: Captioner, cfg: TrainConfig, ctx: distributed.DistContext = distributed.SINGLE) -> None:
+    """Refuse settings the model (or a distributed job) cannot train with."""
+    if ctx.active and (cfg.scst_epochs or cfg.unfreeze_encoder):
+        raise ValueError("distributed training (torchrun) covers the cross-entropy training of the decoder on cached "
+                         "features; run --scst-epochs and --unfreeze-encoder in one process (without torchrun)")
     if model.config.num_decoders > 1:
         raise ValueError(f"this model is an ensemble of {model.config.num_decoders} decoders, which cannot be "
                          "trained; train or fine-tune its members, then build the ensemble with captioner ensemble")
@@ -104,14 +112,15 @@ def check_trainable(model: Captioner, cfg: TrainConfig) -> None:
 
 
 def _build_run(model: Captioner, cfg: TrainConfig, out: Path, train_set: CaptionSet, val_set: CaptionSet | None,
-               card_extra: list[str]) -> Run:
-    device = resolve_device(cfg.device)
+               card_extra: list[str], ctx: distributed.DistContext = distributed.SINGLE) -> Run:
+    device = distributed.setup(ctx, resolve_device(cfg.device))
     model.to(device)
     trainable = set_trainable(model, cfg)
     t0 = time.perf_counter()
-    train_split = prepare_split(model, train_set, cfg, live=bool(trainable), training=True)
-    val_split = (prepare_split(model, val_set, cfg, live=bool(trainable), training=False)
-                 if val_set is not None else None)
+    with distributed.main_first(ctx):  # rank 0 fills the feature cache, the others then read it
+        train_split = prepare_split(model, train_set, cfg, live=bool(trainable), training=True)
+        val_split = (prepare_split(model, val_set, cfg, live=bool(trainable), training=False)
+                     if val_set is not None else None)
     seed_everything(cfg.seed + 1)  # building the encoder on a cache miss draws random numbers: reseed after it
     optimizer = build_optimizer(model, trainable, cfg)
     batches = len(xe_batches(train_split, cfg, torch.Generator()))
@@ -119,7 +128,8 @@ def _build_run(model: Captioner, cfg: TrainConfig, out: Path, train_set: Caption
     scheduler = build_scheduler(optimizer, cfg, epochs * (min(batches, DRY_RUN_BATCHES) if cfg.dry_run else batches))
     amp_dtype = autocast_dtype(cfg.precision, device)
     run = Run(model, cfg, out, train_split, val_split, trainable, optimizer, scheduler,
-              grad_scaler(amp_dtype, device), device, card_extra, amp_dtype=amp_dtype,
+              grad_scaler(amp_dtype, device), device, card_extra, amp_dtype=amp_dtype, dist=ctx,
+              net=distributed.wrap(ctx, model.decoder, device),
               loss_fn=nn.CrossEntropyLoss(ignore_index=model.vocab.pad_id, label_smoothing=cfg.label_smoothing))
     run.timings["features_s"] = time.perf_counter() - t0
     return run
@@ -129,7 +139,7 @@ def _loop(run: Run) -> None:
     """Epochs of training and validation from the current position until the end or early stopping."""
     cfg, progress = run.cfg, run.progress
     epochs = total_epochs(cfg)
-    log = CsvLog(run.out / "log.csv", LOG_FIELDS)
+    log = CsvLog(run.out / "log.csv", LOG_FIELDS) if run.dist.is_main else _NoLog()
     try:
         while progress.epoch <= epochs:
             t0 = time.perf_counter()
@@ -140,6 +150,16 @@ def _loop(run: Run) -> None:
     finally:
         log.close()
     run.timings["captions_per_s"] = [len(run.train.captions) / s for s in run.timings.get("epoch_s", [])]
+
+
+class _NoLog:
+    """The log of a distributed job's ranks other than 0 (rank 0 writes ``log.csv``)."""
+
+    def write(self, **row) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _epoch_batches(run: Run, epoch: int) -> list[list[int]]:
@@ -170,7 +190,7 @@ def _train_epoch(run: Run, log: CsvLog) -> float:
     total, count = 0.0, 0
     todo = batches[progress.batch :]
     # disable=None: no bar when stderr is not a terminal (a log file would get one line per batch)
-    bar = tqdm(todo, desc=label, unit="batch", leave=False, disable=None)
+    bar = tqdm(todo, desc=label, unit="batch", leave=False, disable=None if run.dist.is_main else True)
     for batch in bar:
         value, norm, extra = step(batch)
         progress.batch, progress.step = progress.batch + 1, progress.step + 1
@@ -186,7 +206,7 @@ def _train_epoch(run: Run, log: CsvLog) -> float:
 def _xe_step(run: Run, batch: list[int]) -> tuple[float, float, dict]:
     """One teacher-forced step on a batch of caption indices: ``(loss, gradient norm, extra log fields)``."""
     rows, inputs, targets = next(iterate_batches(run.train.image_index, run.train.captions, [batch]))
-    value, norm = _train_step(run, rows, inputs, targets)
+    value, norm = _train_step(run, rows, inputs, targets)  # rows (B,), inputs and targets (B, T)
     return value, norm, {}
 
 
@@ -199,10 +219,17 @@ def _train_mode(run: Run) -> None:
 def _train_step(run: Run, rows: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
     """One optimisation step; returns the loss (cross-entropy, plus the attention penalty when asked for) and the
     gradient norm before clipping."""
+    mirror = mirror_draw(run.cfg, run.progress.step, len(rows))  # (B,) or None, drawn for the global batch
+    share = 1.0
+    if run.dist.active:  # this process's captions of the global batch; see _shard_weight
+        mine, empty = distributed.shard(run.dist, len(rows))
+        share = _shard_weight(run, targets, mine, empty)
+        rows, inputs, targets = rows[mine], inputs[mine], targets[mine]
+        mirror = mirror[mine] if mirror is not None else None
     inputs, targets = inputs.to(run.device), targets.to(run.device)
-    features, image_index = _train_features(run, rows)
+    features, image_index = _train_features(run, rows, mirror)
     penalty = run.cfg.attention_reg
-    decoder = run.model.decoder
+    decoder = run.net or run.model.decoder
     with torch.autocast(device_type=run.device.type, dtype=run.amp_dtype or torch.float32,
                         enabled=run.amp_dtype is not None):
         if penalty:
@@ -212,14 +239,32 @@ def _train_step(run: Run, rows: torch.Tensor, inputs: torch.Tensor, targets: tor
         loss = run.loss_fn(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
         if weights is not None:
             loss = loss + penalty * doubly_stochastic_penalty(weights)  # weights (B, T, L)
-    return loss.item(), apply_gradients(run, loss)
+    if not run.dist.active:
+        return loss.item(), apply_gradients(run, loss)
+    loss = loss * share
+    norm = apply_gradients(run, loss)
+    return distributed.reduce_mean(run.dist, loss), norm
 
 
-def _train_features(run: Run, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _shard_weight(run: Run, targets: torch.Tensor, mine: torch.Tensor, empty: bool) -> float:
+    """Scale of a process's mean loss so that DDP's average of the processes' gradients is the gradient of the
+    global batch's mean loss: ``world * own tokens / global tokens`` (0 for a process left without a caption).
+
+    Args:
+        targets: the global batch's target ids ``(B, T)``.
+        mine: this process's rows of it ``(B_r,)``.
+    """
+    if empty:
+        return 0.0
+    pad = run.model.vocab.pad_id
+    return run.dist.world * int((targets[mine] != pad).sum()) / max(int((targets != pad).sum()), 1)
+
+
+def _train_features(run: Run, rows: torch.Tensor, mirror: torch.Tensor | None
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Image features of a batch and the feature row of each caption: cached features of each distinct image once
     (``(N, ...)`` with an image index ``(B,)``), or one row per caption ``(B, ...)`` (index None) when the images
     are mirrored per caption (``flip_features``, a seeded half) or computed by the (partly trainable) encoder."""
-    mirror = mirror_draw(run.cfg, run.progress.step, len(rows))  # (B,) or None
     if run.train.features is not None:
         if mirror is not None:
             return run.train.vectors(rows, mirror).to(run.device), None
@@ -242,11 +287,12 @@ def _end_epoch(run: Run, log: CsvLog, train_loss: float, seconds: float) -> bool
     log.write(**row)
     progress.history.append(row)
     logger.info("epoch %d: %s", progress.epoch, fmt_row(row))
-    if cfg.keep_epochs:
+    if cfg.keep_epochs and run.dist.is_main:
         keep_epoch_model(run, row)
     if _is_better(row, progress.best, cfg.select_by, run.val is not None):
         progress.best, progress.bad_epochs = dict(row), 0
-        run.model.save_pretrained(run.out / "model", card=model_card(run, row))
+        if run.dist.is_main:
+            run.model.save_pretrained(run.out / "model", card=model_card(run, row))
     else:
         progress.bad_epochs += 1
     scst_phase = is_scst(cfg, progress.epoch)
@@ -301,3 +347,11 @@ def _is_better(row: dict, best: dict, select_by: str, has_val: bool) -> bool:
     if select_by == "loss":
         return row["val_loss"] < best["val_loss"]
     return row[f"val_{select_by}"] > best[f"val_{select_by}"]
+
+
+if __name__ == "__main__":  # torchrun --nproc_per_node N -m captioner.train --data ... --out ...
+    import sys
+
+    from captioner.cli.main import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))

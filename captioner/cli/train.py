@@ -164,8 +164,8 @@ def prepare_out(args: argparse.Namespace) -> None:
         raise CliError(f"--out {out} already holds an earlier run ({', '.join(earlier)}); choose another --out, "
                        "pass --resume to continue it or --overwrite to replace it")
     for name in ("log.csv", "training_state.pt"):
-        if args.overwrite and (out / name).exists():
-            (out / name).unlink()
+        if args.overwrite:
+            (out / name).unlink(missing_ok=True)  # missing_ok: the processes of a torchrun job all get here
 
 
 def train_config(args: argparse.Namespace):
@@ -213,6 +213,7 @@ def run_training(start: Callable):
 
 def run(args: argparse.Namespace) -> int:
     from captioner.config import ModelConfig
+    from captioner.distributed import from_env
     from captioner.encoders import get_spec
     from captioner.train import train
 
@@ -229,6 +230,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(str(err), code=2) from None
     cfg = train_config(args)
     result = run_training(lambda: train(cfg, model_cfg, resume=args.resume))
-    best = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best.items())
-    print(f"best model: {result.model_dir} ({best})")
+    if from_env().is_main:  # one line for a torchrun job, not one per process
+        best = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best.items())
+        print(f"best model: {result.model_dir} ({best})")
     return 0
