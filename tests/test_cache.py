@@ -1,3 +1,4 @@
+import pytest
 from pathlib import Path
 
 import numpy as np
@@ -94,3 +95,14 @@ def test_float16_rows_of_any_shape_and_a_row_cut_short_by_a_killed_writer(tmp_pa
     assert out.dtype == np.float16 and out.shape == (2, 2, 3)
     assert (out[0] == 1).all() and (out[1] == 2).all()
     assert (cache.dir / "features.f16").stat().st_size == 2 * 2 * 3 * 2
+
+
+def test_rows_come_back_in_the_asked_order_and_a_truncated_file_is_an_error(tmp_path):
+    cache = FeatureCache(tmp_path / "c", "maps", (2, 3), dtype="float16")
+    cache.add(["a", "b", "c"], np.arange(18).reshape(3, 2, 3))
+    out = cache.get(["c", "a", "c", "b"])
+    assert [int(row[0, 0]) for row in out] == [12, 0, 12, 6]
+    with open(cache.dir / "features.f16", "r+b") as handle:
+        handle.truncate(2 * 6 * 2 + 4)  # the third row cut short on disk
+    with pytest.raises(OSError, match="shorter than its index says.*rebuild"):
+        cache.get(["a", "c"])
