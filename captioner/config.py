@@ -81,6 +81,8 @@ class ModelConfig:
             Show, Attend and Tell) or ``zeros``.
         num_decoders: decoders over the one encoder; more than one is an ensemble (built by ``captioner
             ensemble``, inference only: their per-step log-probabilities are averaged).
+        no_repeat_ngram: the model's default for ``GenerationConfig.no_repeat_ngram``: captions never repeat an
+            n-gram of this size (0: no guard; older model directories have none and caption as before).
     """
 
     encoder: str = "efficientnet_lite0"
@@ -101,6 +103,7 @@ class ModelConfig:
     attention_gate: bool = True
     attention_init: str = "mean"
     num_decoders: int = 1
+    no_repeat_ngram: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.preprocess, dict):
@@ -111,6 +114,8 @@ class ModelConfig:
             raise ValueError(f"cell must be one of {CELL_TYPES}, got {self.cell!r}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.no_repeat_ngram < 0 or self.no_repeat_ngram == 1:
+            raise ValueError(f"no_repeat_ngram must be 0 (off) or at least 2, got {self.no_repeat_ngram}")
         if self.inject not in INJECT_MODES:
             raise ValueError(f"inject must be one of {INJECT_MODES}, got {self.inject!r}")
         if not 0.0 <= self.dropout < 1.0:

@@ -11,6 +11,7 @@ adapter of :mod:`captioner.onnx_backend`, which runs exported graphs.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +37,9 @@ class GenerationConfig:
         top_k: sample only among the k most likely tokens (0: all).
         seed: seed for sampling (None: torch's global generator).
         return_attention: give each hypothesis the attention weights of its words (attention models only).
+        no_repeat_ngram: never generate an n-gram of this size twice in one caption ("a red shirt and a red
+            shirt" with 2); 0 turns the guard off; None (default) uses the model's own setting
+            (``ModelConfig.no_repeat_ngram``, 0 for models that have none, so they caption as they always did).
     """
 
     method: str = "beam"
@@ -47,6 +51,7 @@ class GenerationConfig:
     top_k: int = 0
     seed: int | None = None
     return_attention: bool = False
+    no_repeat_ngram: int | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -57,6 +62,8 @@ class GenerationConfig:
             raise ValueError(f"n_best ({self.n_best}) cannot exceed beam_size ({self.beam_size})")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.no_repeat_ngram is not None and (self.no_repeat_ngram < 0 or self.no_repeat_ngram == 1):
+            raise ValueError(f"no_repeat_ngram must be 0 (off) or at least 2, got {self.no_repeat_ngram}")
 
 
 @dataclass
@@ -100,6 +107,8 @@ def generate(
     if config.return_attention and not decoder.config.attention:
         raise ValueError("return_attention needs a model that attends (inject 'attention'); this model reads one "
                          f"pooled image vector (inject {decoder.config.inject!r})")
+    if config.no_repeat_ngram is None:
+        config = dataclasses.replace(config, no_repeat_ngram=getattr(decoder.config, "no_repeat_ngram", 0))
     if config.method == "beam":
         return _beam_search(decoder, features, vocab, config)
     return _left_to_right(decoder, features, vocab, config)
@@ -110,6 +119,40 @@ def masked_log_probs(logits: torch.Tensor, vocab: Vocabulary, temperature: float
     logits = logits.float() / temperature
     logits[:, [vocab.pad_id, vocab.start_id, vocab.unk_id]] = float("-inf")
     return torch.log_softmax(logits, dim=-1)
+
+
+def repeat_mask(history: torch.Tensor, n: int, vocab_size: int) -> torch.Tensor | None:
+    """Tokens that would repeat an n-gram: those that followed an earlier occurrence of each row's last ``n - 1``
+    tokens.
+
+    Args:
+        history: tokens generated so far ``(N, t)``.
+        n: n-gram size (0: no guard).
+        vocab_size: V.
+
+    Returns:
+        ``(N, V)`` bool, True where a token is banned; None when nothing can repeat yet.
+    """
+    t = history.shape[1]
+    if n < 2 or t < n - 1 or t == 0:
+        return None
+    if n == 2:
+        prefixes, follow = history[:, :-1], history[:, 1:]  # (N, t-1): each earlier token and what followed it
+        hits = prefixes == history[:, -1:]
+    else:
+        windows = history.unfold(1, n - 1, 1)[:, :-1]  # (N, t-n+1, n-1): earlier (n-1)-grams
+        follow = history[:, n - 1 :]  # (N, t-n+1): the token after each
+        hits = (windows == history[:, -(n - 1) :].unsqueeze(1)).all(dim=2)
+    if hits.shape[1] == 0:
+        return None
+    counts = torch.zeros(history.shape[0], vocab_size, device=history.device)
+    return counts.scatter_add_(1, follow, hits.float()) > 0
+
+
+def _block_repeats(logp: torch.Tensor, history: torch.Tensor, n: int) -> torch.Tensor:
+    """``logp`` ``(N, V)`` with the tokens that would repeat an n-gram set to ``-inf``."""
+    banned = repeat_mask(history, n, logp.shape[1])
+    return logp if banned is None else logp.masked_fill(banned, float("-inf"))
 
 
 def _length_score(log_prob: torch.Tensor, length: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -136,6 +179,8 @@ def _left_to_right(
     for t in range(config.max_length):
         logits, state, alpha = decoder.step(tokens, context, state)
         logp = masked_log_probs(logits, vocab)  # (B, V)
+        if config.no_repeat_ngram:  # blocked tokens get -inf; the others keep the model's log-probabilities
+            logp = logits = _block_repeats(logp, out[:, :t], config.no_repeat_ngram)
         if config.method == "sample":
             tokens = _sample(logits, vocab, config, generator)
         else:
@@ -213,6 +258,8 @@ def _beam_search(
     for _ in range(config.max_length):
         logits, state, alpha = decoder.step(tokens, context, state)
         logp = masked_log_probs(logits, vocab)  # (B*K, V)
+        if config.no_repeat_ngram:
+            logp = _block_repeats(logp, history, config.no_repeat_ngram)
         logp[done] = float("-inf")
         logp[done, vocab.pad_id] = 0.0  # a finished beam continues only with <pad>, at no cost
         vocab_size = logp.shape[1]

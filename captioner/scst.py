@@ -119,7 +119,8 @@ def scst_loss(run: Run, rows: list[int], reward: CaptionReward, seed: int,
     k = cfg.scst_samples
     features = run.train.vectors(torch.tensor(rows), mirror).to(run.device)  # (B, ...): each image once
     decoder.eval()
-    search = GenerationConfig(method="sample", max_length=cfg.val_max_length, seed=seed, n_best=k)
+    search = GenerationConfig(method="sample", max_length=cfg.val_max_length, seed=seed, n_best=k,
+                              no_repeat_ngram=0)  # samples from the model itself: the policy being trained
     samples = [h for hyps in generate(decoder, features, vocab, search) for h in hyps]  # B*K, image by image
     rewards = reward([r for r in rows for _ in range(k)], [h.tokens for h in samples]).to(run.device)  # (B*K,)
     grouped = rewards.view(-1, k)  # (B, K)

@@ -116,3 +116,50 @@ def test_bad_generation_configs():
 def test_empty_batch(setup):
     dec, vocab, _ = setup
     assert generate(dec, torch.zeros(0, dec.config.encoder_dim), vocab) == []
+
+
+def _ngrams(tokens, n):
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def test_repeat_mask_bans_what_followed_the_last_words_before():
+    from captioner.generate import repeat_mask
+
+    banned = repeat_mask(torch.tensor([[5, 6, 5], [5, 6, 7]]), 2, 9)  # row 0 ends in 5, which 6 followed before
+    assert banned[0].nonzero().flatten().tolist() == [6] and not banned[1].any()
+    banned = repeat_mask(torch.tensor([[5, 6, 7, 5, 6], [5, 6, 7, 5, 8]]), 3, 9)  # "5 6" was followed by 7
+    assert banned[0].nonzero().flatten().tolist() == [7] and not banned[1].any()
+    assert repeat_mask(torch.tensor([[5]]), 3, 9) is None
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "sample"])
+@pytest.mark.parametrize("n", [2, 3])
+def test_no_caption_repeats_an_ngram_with_the_guard(setup, method, n):
+    dec, vocab, feats = setup
+    feats = torch.randn(40, dec.config.encoder_dim) * 3
+    config = dict(method=method, max_length=16, seed=0, n_best=3 if method != "greedy" else 1, beam_size=3)
+    plain = generate(dec, feats, vocab, GenerationConfig(**config))
+    guarded = generate(dec, feats, vocab, GenerationConfig(**config, no_repeat_ngram=n))
+    repeats = [h.tokens for hs in plain for h in hs if len(set(_ngrams(h.tokens, n))) < len(_ngrams(h.tokens, n))]
+    assert repeats, "a random tiny model repeats itself: the check below would prove nothing"
+    for hs in guarded:
+        for h in hs:
+            assert len(set(_ngrams(h.tokens, n))) == len(_ngrams(h.tokens, n)), h.tokens
+    if method == "beam":  # blocked tokens are excluded, the rest keep the model's exact log-probabilities
+        for i, hs in enumerate(guarded):
+            assert hs[0].log_prob == pytest.approx(_score(dec, vocab, feats[i], hs[0].tokens, hs[0].finished),
+                                                   abs=1e-4)
+
+
+def test_the_guard_defaults_to_the_models_own_setting(setup):
+    import dataclasses
+
+    dec, vocab, feats = setup
+    config = GenerationConfig(method="greedy", max_length=16)
+    before = generate(dec, feats, vocab, config)
+    assert before == generate(dec, feats, vocab, dataclasses.replace(config, no_repeat_ngram=0))
+    dec.config = dataclasses.replace(dec.config, no_repeat_ngram=2)
+    assert generate(dec, feats, vocab, config) == generate(
+        dec, feats, vocab, dataclasses.replace(config, no_repeat_ngram=2))
+    with pytest.raises(ValueError, match="0 \\(off\\) or at least 2"):
+        GenerationConfig(no_repeat_ngram=1)

@@ -37,6 +37,13 @@ non_negative_float = bounded(float, 0.0)
 positive_float = bounded(float, 0.0, inclusive=False)
 
 
+def _ngram_size(text: str) -> int:
+    value = non_negative_int(text)
+    if value == 1:
+        raise argparse.ArgumentTypeError("expected 0 (off) or an n-gram size of at least 2, got 1")
+    return value
+
+
 def add_model_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default="default", metavar="DIR",
@@ -59,6 +66,11 @@ def add_decoding_options(parser: argparse.ArgumentParser, beam_size: int = 3) ->
     )
     parser.add_argument(
         "--max-length", type=positive_int, default=20, help="maximum caption length in tokens (default: 20)"
+    )
+    parser.add_argument(
+        "--no-repeat-ngram", type=_ngram_size, default=None, metavar="N",
+        help="never repeat an n-gram of N words in a caption (2 blocks 'a red shirt and a red shirt'); 0 turns the "
+        "guard off (default: the model's own setting, which its model card states; 0 for models without one)",
     )
 
 
@@ -85,7 +97,8 @@ def generation_config(args: argparse.Namespace):
     from captioner.generate import GenerationConfig
 
     method = "greedy" if args.beam_size == 1 else "beam"
-    return GenerationConfig(method=method, beam_size=args.beam_size, max_length=args.max_length)
+    return GenerationConfig(method=method, beam_size=args.beam_size, max_length=args.max_length,
+                            no_repeat_ngram=getattr(args, "no_repeat_ngram", None))
 
 
 def check_writable_dir(path: Path, what: str) -> None:
