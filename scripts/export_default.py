@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -43,6 +44,9 @@ def main() -> int:
     parser.add_argument("--features-s", type=float, default=None,
                         help="seconds the feature cache took to fill before training (train_default.sh fills it "
                         "with `captioner data features`; default: the runs' own extraction time)")
+    parser.add_argument("--no-repeat-ngram", default="0,2,3", metavar="N,N",
+                        help="repetition guards tried on the held-out images with the chosen decoder (0: none); the "
+                        "best CIDEr-D is saved as the model's default (default: 0,2,3)")
     args = parser.parse_args()
 
     summaries = [json.loads((run / "summary.json").read_text()) for run in args.runs]
@@ -52,6 +56,10 @@ def main() -> int:
               for name, model in candidates.items()}
     choice = max(scored, key=lambda name: scored[name][0]["metrics"]["cider"])
     model = candidates[choice]
+    guards = _choose_guard(model, held_out, [int(n) for n in args.no_repeat_ngram.split(",")], args.cache_dir)
+    best = max(guards, key=lambda n: guards[n][0])
+    model.config = model.decoder.config = dataclasses.replace(model.config, no_repeat_ngram=best)  # generate() reads
+    # the decoder's copy
     dataset = load_dataset(args.data, args.split)
     tables = {name: evaluate(model, dataset, cfg, cache_dir=args.cache_dir)
               for name, cfg in {"greedy": GenerationConfig(method="greedy"), "beam3": BEAM3}.items()}
@@ -59,11 +67,28 @@ def main() -> int:
         model.save_pretrained(Path(tmp) / "half", half=True)
         half = Captioner.from_pretrained(Path(tmp) / "half")
         _, half_preds = evaluate(half, held_out, BEAM3, cache_dir=args.cache_dir, progress=False)
-    changed = sum(a.caption != b.caption for a, b in zip(scored[choice][1], half_preds))
-    card = _card(args, model, summaries, scored, choice, tables, changed)
+    changed = sum(a.caption != b.caption for a, b in zip(guards[best][2], half_preds))  # same guard, fp32 vs fp16
+    card = _card(args, model, summaries, scored, choice, tables, changed, guards)
     model.save_pretrained(args.dest, card=card, half=changed == 0)
     print(card)
     return 0
+
+
+def _choose_guard(model: Captioner, held_out, sizes: list[int], cache_dir) -> dict[int, tuple[float, int, list]]:
+    """Held-out beam-3 CIDEr-D, the count of captions repeating a bigram and the predictions, for each
+    ``no_repeat_ngram``."""
+    out = {}
+    for n in sizes:
+        report, preds = evaluate(model, held_out, dataclasses.replace(BEAM3, no_repeat_ngram=n),
+                                 cache_dir=cache_dir, progress=False)
+        out[n] = (report["metrics"]["cider"], sum(_repeats_bigram(p.caption) for p in preds), preds)
+    return out
+
+
+def _repeats_bigram(caption: str) -> bool:
+    words = caption.split()
+    pairs = list(zip(words, words[1:]))
+    return len(pairs) != len(set(pairs))
 
 
 def _held_out(data: Path, configs: list[dict]):
@@ -99,7 +124,7 @@ def _metric_row(name: str, report: dict) -> str:
 
 
 def _card(args, model: Captioner, summaries: list[dict], scored: dict, choice: str, tables: dict,
-          changed: int) -> str:
+          changed: int, guards: dict[int, tuple[float, int, list]]) -> str:
     data_files = [args.data / "captions.txt", *sorted((args.data / "splits").glob("*.txt"))]
     train_card = (args.runs[0] / "model" / "README.md").read_text().splitlines()
     command = next((line for line in train_card if line.startswith("- Command:")), "- Command: unknown")
@@ -137,6 +162,11 @@ def _card(args, model: Captioner, summaries: list[dict], scored: dict, choice: s
         "",
         header,
         *[_metric_row(name + (" (chosen)" if name == choice else ""), report) for name, (report, _) in scored.items()],
+        "",
+        f"Repetition guard (`no_repeat_ngram`, no n-gram of that size twice in a caption; 0: none), {choice}, beam 3: "
+        + "; ".join(f"{n}: CIDEr-D {cider:.3f}, {rep} captions repeating a bigram" for n, (cider, rep, _) in
+                    guards.items())
+        + f". Saved as the model's default: {c.no_repeat_ngram} (`--no-repeat-ngram` overrides it).",
         "",
         f"## Validation ({args.split} split, {tables['beam3'][0]['n_images']} images, 5 references each)",
         "",

@@ -62,6 +62,8 @@ def test_bad_images_are_reported_and_the_rest_captioned(model_dir, images, tmp_p
         (["caption", "x.jpg", "--beam-size", "0"], "at least 1"),
         (["caption", "x.jpg", "--model", "/nonexistent/model"], "not a captioner model directory"),
         (["caption", "x.jpg", "--device", "tpu"], "invalid choice"),
+        (["caption", "x.jpg", "--no-repeat-ngram", "1"], "at least 2, got 1"),
+        (["evaluate", "--data", "x", "--no-repeat-ngram", "-2"], "at least 0"),
         (["evaluate", "--data", "/nonexistent"], "no such file"),
         (["evaluate", "--data", "/nonexistent", "--out", "/no/such/dir/r.json"], "does not exist"),
         (["frobnicate"], "invalid choice"),
@@ -98,3 +100,7 @@ def test_console_script_captions_samples_with_the_default_model():
     photos = sorted(p for p in SAMPLES.iterdir() if p.suffix == ".jpg")
     assert [Path(line.split("\t")[0]).name for line in lines] == [p.name for p in photos]
     assert all(line.split("\t")[1].strip() for line in lines)
+    # the default model's repetition guard (its config's no_repeat_ngram): no caption repeats a pair of words
+    for line in lines:
+        words = line.split("\t")[1].split()
+        assert len(set(zip(words, words[1:]))) == len(words) - 1, line
