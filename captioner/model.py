@@ -81,7 +81,26 @@ def resolve_model_dir(name_or_dir: str | Path | None) -> Path:
     return path
 
 
-class Captioner(nn.Module):
+class ImageCaptioning:
+    """Captioning of PIL images for anything with ``transform`` (image → ``(3, H, W)``), ``encode`` (pixels →
+    features), ``caption_features`` (features → hypotheses) and ``vocab``: the PyTorch :class:`Captioner` and the
+    ONNX Runtime one (:class:`captioner.onnx_backend.OnnxCaptioner`)."""
+
+    def caption_images(
+        self, images: Sequence[Image.Image], config: GenerationConfig | None = None
+    ) -> list[list[Hypothesis]]:
+        """Preprocess, encode and search RGB PIL images; hypotheses per image, best first."""
+        if not images:
+            return []
+        pixels = torch.stack([self.transform(img) for img in images])  # (B, 3, H, W)
+        return self.caption_features(self.encode(pixels), config)
+
+    def caption(self, images: Sequence[Image.Image], config: GenerationConfig | None = None) -> list[str]:
+        """Caption RGB PIL images (best hypothesis each)."""
+        return [self.vocab.decode(h[0].tokens) for h in self.caption_images(images, config)]
+
+
+class Captioner(ImageCaptioning, nn.Module):
     """An image-captioning model.
 
     Args:
@@ -133,19 +152,6 @@ class Captioner(nn.Module):
         :func:`captioner.generate.generate`."""
         self.decoder.eval()
         return generate(self.decoder, features.to(self.device), self.vocab, config)
-
-    def caption_images(
-        self, images: Sequence[Image.Image], config: GenerationConfig | None = None
-    ) -> list[list[Hypothesis]]:
-        """Preprocess, encode and search RGB PIL images; hypotheses per image, best first."""
-        if not images:
-            return []
-        pixels = torch.stack([self.transform(img) for img in images])  # (B, 3, H, W)
-        return self.caption_features(self.encode(pixels), config)
-
-    def caption(self, images: Sequence[Image.Image], config: GenerationConfig | None = None) -> list[str]:
-        """Caption RGB PIL images (best hypothesis each)."""
-        return [self.vocab.decode(h[0].tokens) for h in self.caption_images(images, config)]
 
     # --- persistence -------------------------------------------------------------------------------------
 

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from captioner import encoders
 from captioner.config import ModelConfig, from_json
 from captioner.decoder import DecoderStep
 from captioner.generate import GenerationConfig, Hypothesis, generate
+from captioner.model import ImageCaptioning
 from captioner.onnx_export import EXPORT_FILES, FORMAT_VERSION, MANIFEST
 from captioner.vocab import Vocabulary
 
@@ -116,7 +115,7 @@ class OrtDecoder:
         return DecoderStep(outs[0], tuple(outs[1 : 1 + count]), outs[1 + count] if self.attention else None)
 
 
-class OnnxCaptioner:
+class OnnxCaptioner(ImageCaptioning):
     """An exported model run by ONNX Runtime, with the captioning methods of :class:`captioner.model.Captioner`.
 
     Args:
@@ -143,18 +142,6 @@ class OnnxCaptioner:
     def caption_features(self, features: torch.Tensor, config: GenerationConfig | None = None) -> list[list[Hypothesis]]:
         """Search captions for features as :meth:`encode` gives them (see :func:`captioner.generate.generate`)."""
         return generate(self.decoder, features.cpu(), self.vocab, config)
-
-    def caption_images(self, images: Sequence[Image.Image], config: GenerationConfig | None = None
-                       ) -> list[list[Hypothesis]]:
-        """Preprocess, encode and search RGB PIL images; hypotheses per image, best first."""
-        if not images:
-            return []
-        pixels = torch.stack([self.transform(img) for img in images])  # (B, 3, H, W)
-        return self.caption_features(self.encode(pixels), config)
-
-    def caption(self, images: Sequence[Image.Image], config: GenerationConfig | None = None) -> list[str]:
-        """Caption RGB PIL images (best hypothesis each)."""
-        return [self.vocab.decode(h[0].tokens) for h in self.caption_images(images, config)]
 
 
 @torch.inference_mode()
