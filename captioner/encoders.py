@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+import platform
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -287,6 +288,8 @@ def _torchvision_builder(arch: str, weights_name: str, head_attr: str, out_dim: 
 
 
 def _torchvision_preprocess(weights_name: str) -> Preprocess:
+    """The preprocessing torchvision's weights enum states (the registry below writes these values out, so that
+    importing captioner does not import torchvision; a test checks that they agree)."""
     import torchvision
 
     transform = torchvision.models.get_weight(weights_name).transforms()
@@ -299,23 +302,24 @@ def _torchvision_preprocess(weights_name: str) -> Preprocess:
     )
 
 
+_IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 _TORCHVISION = {
-    # name: (weights enum member, classifier attribute, pooled width)
-    "resnet18": ("ResNet18_Weights.IMAGENET1K_V1", "fc", 512),
-    "resnet50": ("ResNet50_Weights.IMAGENET1K_V2", "fc", 2048),
-    "resnet101": ("ResNet101_Weights.IMAGENET1K_V2", "fc", 2048),
-    "resnet152": ("ResNet152_Weights.IMAGENET1K_V2", "fc", 2048),
-    "efficientnet_b0": ("EfficientNet_B0_Weights.IMAGENET1K_V1", "classifier", 1280),
-    "mobilenet_v3_large": ("MobileNet_V3_Large_Weights.IMAGENET1K_V2", "classifier", 960),
+    # name: (weights enum member, classifier attribute, pooled width, (resize, crop, interpolation))
+    "resnet18": ("ResNet18_Weights.IMAGENET1K_V1", "fc", 512, (256, 224, "bilinear")),
+    "resnet50": ("ResNet50_Weights.IMAGENET1K_V2", "fc", 2048, (232, 224, "bilinear")),
+    "resnet101": ("ResNet101_Weights.IMAGENET1K_V2", "fc", 2048, (232, 224, "bilinear")),
+    "resnet152": ("ResNet152_Weights.IMAGENET1K_V2", "fc", 2048, (232, 224, "bilinear")),
+    "efficientnet_b0": ("EfficientNet_B0_Weights.IMAGENET1K_V1", "classifier", 1280, (256, 224, "bicubic")),
+    "mobilenet_v3_large": ("MobileNet_V3_Large_Weights.IMAGENET1K_V2", "classifier", 960, (232, 224, "bilinear")),
 }
 
 
-for _name, (_weights, _head, _dim) in _TORCHVISION.items():
+for _name, (_weights, _head, _dim, (_resize, _crop, _interp)) in _TORCHVISION.items():
     register(
         EncoderSpec(
             name=_name,
             out_dim=_dim,
-            preprocess=_torchvision_preprocess(_weights),
+            preprocess=Preprocess(resize=_resize, crop=_crop, interpolation=_interp, **_IMAGENET),
             builder=_torchvision_builder(_name, _weights, _head, _dim),
             weights_id=f"torchvision:{_weights}",
             description=f"torchvision {_name}, {_weights}, {_dim}-d",
@@ -324,19 +328,54 @@ for _name, (_weights, _head, _dim) in _TORCHVISION.items():
 
 
 def make_transform(preprocess: Preprocess) -> Callable:
-    """The torchvision transform for a :class:`Preprocess`: PIL RGB image → normalised tensor ``(3, crop, crop)``."""
-    from torchvision.transforms import v2
+    """The transform for a :class:`Preprocess`: PIL RGB image → normalised tensor ``(3, crop, crop)``."""
+    return ImageTransform(preprocess)
 
-    interpolation = v2.InterpolationMode(preprocess.interpolation)
-    return v2.Compose(
-        [
-            v2.PILToTensor(),
-            v2.Resize(preprocess.resize, interpolation=interpolation, antialias=True),
-            v2.CenterCrop(preprocess.crop),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=list(preprocess.mean), std=list(preprocess.std)),
-        ]
-    )
+
+class ImageTransform:
+    """Resize the shorter side to ``resize`` (antialiased bilinear or bicubic), center-crop ``crop`` x ``crop``,
+    scale to [0, 1] and normalise: the arithmetic of torchvision's ``v2`` pipeline (PILToTensor, Resize, CenterCrop,
+    ToDtype(scale=True), Normalize), to the bit (``tests/test_encoders.py`` compares them), written with torch alone
+    so that captioning does not import torchvision (about a second of every cold start). A class, so that loader
+    workers can pickle it."""
+
+    def __init__(self, preprocess: Preprocess) -> None:
+        if preprocess.interpolation not in ("bilinear", "bicubic"):
+            raise ValueError(f"interpolation must be bilinear or bicubic, got {preprocess.interpolation!r}")
+        self.preprocess = preprocess
+        self.mean = torch.tensor(preprocess.mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(preprocess.std, dtype=torch.float32).view(3, 1, 1)
+
+    def __call__(self, image) -> torch.Tensor:
+        import numpy as np
+
+        height, width = image.height, image.width
+        pixels = torch.as_tensor(np.array(image, dtype=np.uint8, copy=True)).view(height, width, 3)
+        pixels = self._resize(pixels.permute(2, 0, 1))  # (3, H, W) uint8, channels-last in memory
+        crop = self.preprocess.crop
+        top, left = int(round((pixels.shape[1] - crop) / 2.0)), int(round((pixels.shape[2] - crop) / 2.0))
+        if top < 0 or left < 0:
+            raise ValueError(f"resize {self.preprocess.resize} leaves the image smaller than the crop {crop}")
+        pixels = pixels[:, top : top + crop, left : left + crop]
+        return pixels.to(torch.float32).mul_(1.0 / 255).sub(self.mean).div(self.std)  # (3, crop, crop)
+
+    def _resize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Shorter side to ``resize`` (the longer one scaled and truncated), uint8 in and out ``(3, h, w)``."""
+        _, height, width = pixels.shape
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = self.preprocess.resize, int(self.preprocess.resize * long / short)
+        new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+        if (new_h, new_w) == (height, width):
+            return pixels
+        batch = pixels.reshape(1, 3, height, width)
+        mode = self.preprocess.interpolation
+        uint8 = mode == "bicubic" or torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") or (
+            platform.machine() in ("aarch64", "arm64"))  # where torch has antialiased uint8 kernels
+        out = torch.nn.functional.interpolate(batch if uint8 else batch.float(), size=[new_h, new_w], mode=mode,
+                                              align_corners=False, antialias=True)
+        if not uint8:
+            out = out.round_().to(torch.uint8)
+        return out.reshape(3, new_h, new_w)
 
 
 def imagenet_categories() -> list[str]:

@@ -5,6 +5,7 @@ import torch
 
 from captioner import encoders
 from captioner.images import load_image
+from conftest import SAMPLES
 
 
 @pytest.mark.parametrize("name", encoders.available_encoders())
@@ -95,3 +96,59 @@ def test_torchvision_weights_offline_say_where_to_put_the_file(monkeypatch, tmp_
         encoders.build_encoder("resnet18", pretrained=True)
     message = str(info.value)
     assert "resnet18-f37072fd.pth" in message and str(tmp_path / "hub" / "checkpoints") in message
+
+
+def _torchvision_pipeline(preprocess):
+    """torchvision's v2 pipeline for a Preprocess (what make_transform used to return)."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([
+        v2.PILToTensor(),
+        v2.Resize(preprocess.resize, interpolation=v2.InterpolationMode(preprocess.interpolation), antialias=True),
+        v2.CenterCrop(preprocess.crop),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean=list(preprocess.mean), std=list(preprocess.std)),
+    ])
+
+
+def _test_images():
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    sizes = [(224, 224), (500, 375), (375, 500), (292, 300), (1, 1), (3000, 40), (97, 1203), (640, 427)]
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
+    images += [Image.open(p).convert("RGB") for p in sorted(SAMPLES.glob("*.jpg"))]
+    return images
+
+
+def test_the_transform_equals_torchvisions_pipeline_to_the_bit():
+    from captioner.config import Preprocess
+    from captioner.encoders import make_transform
+
+    variants = [spec.preprocess for spec in encoders._REGISTRY.values()] + [
+        Preprocess(resize=260, crop=260, interpolation="bicubic"), Preprocess(resize=300, crop=224,
+                                                                              interpolation="bilinear")]
+    images = _test_images()
+    for preprocess in {p.key(): p for p in variants}.values():
+        ours, theirs = make_transform(preprocess), _torchvision_pipeline(preprocess)
+        for image in images:
+            a, b = ours(image), theirs(image)
+            assert a.shape == b.shape == (3, preprocess.crop, preprocess.crop)
+            assert torch.equal(a, b), (preprocess, image.size, (a - b).abs().max())
+
+
+def test_the_written_out_preprocessing_is_torchvisions():
+    from captioner.encoders import _TORCHVISION, _torchvision_preprocess
+
+    for name, (weights, *_rest) in _TORCHVISION.items():
+        assert encoders.get_spec(name).preprocess == _torchvision_preprocess(weights), name
+
+
+def test_captioner_imports_no_torchvision_until_asked():
+    import subprocess
+    import sys
+
+    code = ("import sys, captioner.encoders, captioner.model, captioner.generate; "
+            "assert 'torchvision' not in sys.modules, 'torchvision imported'")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0
