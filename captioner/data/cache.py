@@ -108,20 +108,29 @@ class FeatureCache:
             self.index.update({h: first + i for i, h in enumerate(hashes)})
             _atomic_write(self._index_file, json.dumps(self.index))
 
-    def get(self, hashes: Sequence[str]) -> np.ndarray:
+    def get(self, hashes: Sequence[str], out: np.ndarray | None = None,
+            at: Sequence[int] | None = None) -> np.ndarray:
         """Features ``(N, *shape)`` for hashes that are all in the cache (a copy in memory).
+
+        Args:
+            hashes: the images' file hashes.
+            out: an array to write the rows into (default: a new ``(N, *shape)`` one), so that a caller assembling a
+                larger array holds one copy, not two.
+            at: the row of ``out`` for each hash (default: ``0 .. N-1``).
 
         Read with plain file reads into one array rather than through a memory map: the pages a map touches count
         in the process's resident memory next to the copy, which doubled the peak memory of loading a training
         split's feature maps (2 x 1.1 GB for Flickr8k's); read, the page cache is the kernel's, not ours.
         """
         rows = [self.index[h] for h in hashes]
-        out = np.empty((len(rows), *self.shape), dtype=self.dtype)  # (N, *shape)
+        if out is None:
+            out = np.empty((len(rows), *self.shape), dtype=self.dtype)  # (N, *shape)
+        at = range(len(rows)) if at is None else at
         row_bytes = self.dtype.itemsize * self.dim
         with open(self._data, "rb") as handle:
             for i in sorted(range(len(rows)), key=rows.__getitem__):  # in file order
                 handle.seek(rows[i] * row_bytes)
-                if handle.readinto(memoryview(out[i]).cast("B")) != row_bytes:
+                if handle.readinto(memoryview(out[at[i]]).cast("B")) != row_bytes:
                     raise OSError(f"feature cache {self._data} is shorter than its index says (row {rows[i]}); "
                                   f"delete {self.dir} and run again to rebuild it")
         return out
@@ -168,7 +177,7 @@ def cached_features(
         failures.update({todo[j]: reason for j, reason in failed.items()})
     out = np.zeros((len(paths), *cache.shape), dtype=cache.dtype)
     good = [i for i in range(len(paths)) if i not in failures]
-    out[good] = cache.get([hashes[i] for i in good])
+    cache.get([hashes[i] for i in good], out=out, at=good)  # straight into out: one copy of the split in memory
     return out, dict(sorted(failures.items()))
 
 
