@@ -23,6 +23,15 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CAPTIONER_CACHE", str(tmp_path_factory.getbasetemp() / "captioner-cache"))
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """``train --threads N`` run in-process sets torch's thread count for the whole process; put it back, so that a
+    later test comparing an in-process run with a subprocess (default threads) compares like with like."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED.is_dir():
