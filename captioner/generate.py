@@ -274,9 +274,23 @@ def _beam_search(
                 [attention.index_select(0, parent), step_alpha], dim=1)
         state = reorder_state(state, parent)
         done = done.index_select(0, parent) | (tokens == vocab.end_id)
-        if bool(done.all()):
+        if bool(done.all()) or (config.length_penalty == 0 and _settled(scores, done.view(batch, k), config.n_best)):
             break
     return _collect_beams(history, scores, done, vocab, config, attention)
+
+
+def _settled(scores: torch.Tensor, done: torch.Tensor, n_best: int) -> bool:
+    """True when no image's n best can change any more: each image's ``n_best``-th best finished beam scores at
+    least as high as its best unfinished one. Without a length penalty an extension only lowers a score, so the
+    remaining steps could not change what is returned (they would only extend beams that lose).
+
+    Args:
+        scores: beam log-probabilities ``(B, K)``.
+        done: which beams have ended ``(B, K)``.
+    """
+    finished = scores.masked_fill(~done, float("-inf")).topk(n_best, dim=1).values[:, -1]  # (B,)
+    running = scores.masked_fill(done, float("-inf")).max(dim=1).values  # (B,)
+    return bool((finished >= running).all())
 
 
 def _collect_beams(

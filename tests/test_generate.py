@@ -163,3 +163,26 @@ def test_the_guard_defaults_to_the_models_own_setting(setup):
         dec, feats, vocab, dataclasses.replace(config, no_repeat_ngram=2))
     with pytest.raises(ValueError, match="0 \\(off\\) or at least 2"):
         GenerationConfig(no_repeat_ngram=1)
+
+
+@pytest.mark.parametrize("n_best", [1, 3])
+def test_beam_search_stops_once_the_n_best_are_settled_with_the_same_result(setup, monkeypatch, n_best):
+    import captioner.generate as gen
+
+    dec, vocab, _ = setup
+    with torch.no_grad():
+        dec.head.bias[vocab.end_id] += 0.5  # some captions end early, as a trained model's do
+    feats = torch.randn(30, dec.config.encoder_dim, generator=torch.Generator().manual_seed(5)) * 3
+    config = GenerationConfig(beam_size=4, n_best=n_best, max_length=25)
+    steps = []
+    real_step = dec.step
+    monkeypatch.setattr(dec, "step", lambda *a: steps.append(1) or real_step(*a))
+    early = generate(dec, feats, vocab, config)
+    early_steps = len(steps)
+    monkeypatch.setattr(gen, "_settled", lambda *a: False)  # run until every beam has ended
+    steps.clear()
+    full = generate(dec, feats, vocab, config)
+    assert early_steps < len(steps), "the random model should settle before its last beam ends"
+    for a, b in zip(early, full):
+        assert [h.tokens for h in a] == [h.tokens for h in b]
+        assert [h.log_prob for h in a] == pytest.approx([h.log_prob for h in b], abs=1e-6)
