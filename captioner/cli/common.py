@@ -106,6 +106,28 @@ def check_writable_dir(path: Path, what: str) -> None:
         raise CliError(f"{what} {path} exists and is not a directory; choose another path")
 
 
+def check_output_dir(out: Path, sources: list[Path], clash: str, own_files: set[str], holds: str,
+                     overwrite: bool) -> None:
+    """Refuse to write ``--out`` anywhere but a new or empty directory, or one holding only ``own_files`` (an
+    earlier output of the same command) that ``overwrite`` allows replacing; never one of the ``sources``.
+
+    Args:
+        clash: what ``--out`` is when it is a source, e.g. ``"one of the --models; write the combined model
+            elsewhere"``.
+        holds: what an earlier output is called, e.g. ``"a model"``.
+    """
+    if any(out.resolve() == source.resolve() for source in sources):
+        raise CliError(f"--out {out} is {clash}")
+    if not out.exists():
+        return
+    check_writable_dir(out, "--out")
+    others = sorted(p.name for p in out.iterdir() if p.name not in own_files)
+    if others:
+        raise CliError(f"--out {out} holds other files ({', '.join(others[:3])}); choose an empty or new directory")
+    if any(out.iterdir()) and not overwrite:
+        raise CliError(f"--out {out} already holds {holds}; pass --overwrite to replace it")
+
+
 def add_dataset_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
     """``--data``, ``--format`` and ``--images``: where a dataset is and how to read it."""
     from captioner.data import FORMATS

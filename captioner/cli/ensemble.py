@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from captioner.cli.common import CliError, load_model
+from captioner.cli.common import CliError, check_output_dir, load_model
 
 _MODEL_FILES = {"model.safetensors", "config.json", "vocab.json", "README.md"}
 
@@ -29,17 +29,8 @@ def add_parser(sub) -> None:
 
 def check_out(out: Path, models: list[str], overwrite: bool) -> None:
     """Refuse to replace anything but a model directory the user allowed to be replaced, or a source model."""
-    if any(out.resolve() == Path(m).resolve() for m in models):
-        raise CliError(f"--out {out} is one of the --models; write the combined model elsewhere")
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise CliError(f"--out {out} exists and is not a directory; choose another path")
-    others = sorted(p.name for p in out.iterdir() if p.name not in _MODEL_FILES)
-    if others:
-        raise CliError(f"--out {out} holds other files ({', '.join(others[:3])}); choose an empty or new directory")
-    if any(out.iterdir()) and not overwrite:
-        raise CliError(f"--out {out} already holds a model; pass --overwrite to replace it")
+    check_output_dir(out, [Path(m) for m in models], "one of the --models; write the combined model elsewhere",
+                     _MODEL_FILES, "a model", overwrite)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from captioner.cli.common import CliError, add_model_option, load_model, positive_int
+from captioner.cli.common import CliError, add_model_option, check_output_dir, load_model, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -34,17 +34,8 @@ def check_out(out: Path, model: str, overwrite: bool) -> None:
     from captioner.model import resolve_model_dir
     from captioner.onnx_export import EXPORT_FILES
 
-    if out.resolve() == resolve_model_dir(model).resolve():
-        raise CliError(f"--out {out} is the --model directory; write the export elsewhere")
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise CliError(f"--out {out} exists and is not a directory; choose another path")
-    others = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES)
-    if others:
-        raise CliError(f"--out {out} holds other files ({', '.join(others[:3])}); choose an empty or new directory")
-    if any(out.iterdir()) and not overwrite:
-        raise CliError(f"--out {out} already holds an export; pass --overwrite to replace it")
+    check_output_dir(out, [resolve_model_dir(model)], "the --model directory; write the export elsewhere",
+                     set(EXPORT_FILES), "an export", overwrite)
 
 
 def run(args: argparse.Namespace) -> int:
