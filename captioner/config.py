@@ -26,6 +26,13 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 FREEZABLE = ("embedding", "decoder", "head")
 
 
+def check_no_repeat_ngram(value: int) -> int:
+    """A repetition guard's n-gram size: 0 (off) or at least 2 (a 1-gram guard would ban every word once used)."""
+    if value < 0 or value == 1:
+        raise ValueError(f"no_repeat_ngram must be 0 (off) or at least 2, got {value}")
+    return value
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """Image preprocessing that a set of encoder weights expects.
@@ -114,8 +121,7 @@ class ModelConfig:
             raise ValueError(f"cell must be one of {CELL_TYPES}, got {self.cell!r}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        if self.no_repeat_ngram < 0 or self.no_repeat_ngram == 1:
-            raise ValueError(f"no_repeat_ngram must be 0 (off) or at least 2, got {self.no_repeat_ngram}")
+        check_no_repeat_ngram(self.no_repeat_ngram)
         if self.inject not in INJECT_MODES:
             raise ValueError(f"inject must be one of {INJECT_MODES}, got {self.inject!r}")
         if not 0.0 <= self.dropout < 1.0:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from captioner.config import check_no_repeat_ngram
 from captioner.decoder import StepDecoder, map_tensors, reorder_state
 from captioner.vocab import Vocabulary
 
@@ -62,8 +63,8 @@ class GenerationConfig:
             raise ValueError(f"n_best ({self.n_best}) cannot exceed beam_size ({self.beam_size})")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
-        if self.no_repeat_ngram is not None and (self.no_repeat_ngram < 0 or self.no_repeat_ngram == 1):
-            raise ValueError(f"no_repeat_ngram must be 0 (off) or at least 2, got {self.no_repeat_ngram}")
+        if self.no_repeat_ngram is not None:
+            check_no_repeat_ngram(self.no_repeat_ngram)
 
 
 @dataclass

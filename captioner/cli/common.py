@@ -38,10 +38,12 @@ positive_float = bounded(float, 0.0, inclusive=False)
 
 
 def _ngram_size(text: str) -> int:
-    value = non_negative_int(text)
-    if value == 1:
-        raise argparse.ArgumentTypeError("expected 0 (off) or an n-gram size of at least 2, got 1")
-    return value
+    from captioner.config import check_no_repeat_ngram
+
+    try:
+        return check_no_repeat_ngram(non_negative_int(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def add_model_option(parser: argparse.ArgumentParser) -> None:
