@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -347,8 +348,6 @@ class ImageTransform:
         self.std = torch.tensor(preprocess.std, dtype=torch.float32).view(3, 1, 1)
 
     def __call__(self, image) -> torch.Tensor:
-        import numpy as np
-
         height, width = image.height, image.width
         pixels = torch.as_tensor(np.array(image, dtype=np.uint8, copy=True)).view(height, width, 3)
         pixels = self._resize(pixels.permute(2, 0, 1))  # (3, H, W) uint8, channels-last in memory

@@ -135,17 +135,11 @@ def repeat_mask(history: torch.Tensor, n: int, vocab_size: int) -> torch.Tensor 
         ``(N, V)`` bool, True where a token is banned; None when nothing can repeat yet.
     """
     t = history.shape[1]
-    if n < 2 or t < n - 1 or t == 0:
+    if n < 2 or t < n:  # an n-gram needs an earlier (n-1)-gram with a token after it
         return None
-    if n == 2:
-        prefixes, follow = history[:, :-1], history[:, 1:]  # (N, t-1): each earlier token and what followed it
-        hits = prefixes == history[:, -1:]
-    else:
-        windows = history.unfold(1, n - 1, 1)[:, :-1]  # (N, t-n+1, n-1): earlier (n-1)-grams
-        follow = history[:, n - 1 :]  # (N, t-n+1): the token after each
-        hits = (windows == history[:, -(n - 1) :].unsqueeze(1)).all(dim=2)
-    if hits.shape[1] == 0:
-        return None
+    windows = history.unfold(1, n - 1, 1)[:, :-1]  # (N, t-n+1, n-1): earlier (n-1)-grams
+    follow = history[:, n - 1 :]  # (N, t-n+1): the token after each
+    hits = (windows == history[:, -(n - 1) :].unsqueeze(1)).all(dim=2)
     counts = torch.zeros(history.shape[0], vocab_size, device=history.device)
     return counts.scatter_add_(1, follow, hits.float()) > 0
 
