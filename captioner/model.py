@@ -113,11 +113,20 @@ class Captioner(ImageCaptioning, nn.Module):
         super().__init__()
         if len(vocab) != config.vocab_size:
             raise ValueError(f"vocabulary has {len(vocab)} tokens but config.vocab_size is {config.vocab_size}")
-        self.config = config
         self.vocab = vocab
         self.decoder = _build_decoders(config)
         self._encoder = encoder
         self._transform = None
+
+    @property
+    def config(self) -> ModelConfig:
+        """The model configuration: the decoder's, kept in one place (the search reads the decoder's, so a changed
+        setting such as ``no_repeat_ngram`` reaches captioning and saving alike)."""
+        return self.decoder.config
+
+    @config.setter
+    def config(self, config: ModelConfig) -> None:
+        self.decoder.config = config
 
     @property
     def encoder(self) -> encoders.ImageEncoder:

@@ -58,8 +58,7 @@ def main() -> int:
     model = candidates[choice]
     guards = _choose_guard(model, held_out, [int(n) for n in args.no_repeat_ngram.split(",")], args.cache_dir)
     best = max(guards, key=lambda n: guards[n][0])
-    model.config = model.decoder.config = dataclasses.replace(model.config, no_repeat_ngram=best)  # generate() reads
-    # the decoder's copy
+    model.config = dataclasses.replace(model.config, no_repeat_ngram=best)
     dataset = load_dataset(args.data, args.split)
     tables = {name: evaluate(model, dataset, cfg, cache_dir=args.cache_dir)
               for name, cfg in {"greedy": GenerationConfig(method="greedy"), "beam3": BEAM3}.items()}
