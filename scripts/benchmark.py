@@ -146,10 +146,12 @@ def matmul_gflops(n: int, repeats: int) -> float:
 # --- training (child process) -----------------------------------------------------------------------------
 
 
-def build_recipe_run(data: Path, cache_dir: Path, out: Path, threads: int, train_images: int):
+def build_recipe_run(data: Path, cache_dir: Path, out: Path, threads: int, train_images: int, device: str = "cpu",
+                     precision: str = "auto"):
     """The default recipe's training run set up as ``captioner train`` does it (``captioner.train._build_run``):
     whole train split (minus the 500 held out for selection) with its cached features loaded, vocabulary, model,
-    optimizer and schedule. ``train_images`` > 0 cuts the split (quick runs)."""
+    optimizer and schedule. ``train_images`` > 0 cuts the split (quick runs); ``device`` and ``precision`` as
+    ``captioner train``'s (scripts/gpu_bench.py)."""
     from captioner import train as training
     from captioner.config import ModelConfig, TrainConfig
     from captioner.model import Captioner, complete_config
@@ -158,8 +160,8 @@ def build_recipe_run(data: Path, cache_dir: Path, out: Path, threads: int, train
     from captioner.vocab import Vocabulary
 
     holdout = RECIPE["train"]["holdout"] if not train_images else max(train_images // 5, 4)
-    cfg = TrainConfig(data=str(data), out=str(out), cache_dir=str(cache_dir), num_threads=threads,
-                      **{**RECIPE["train"], "holdout": holdout})
+    cfg = TrainConfig(data=str(data), out=str(out), cache_dir=str(cache_dir), num_threads=threads, device=device,
+                      precision=precision, **{**RECIPE["train"], "holdout": holdout})
     seed_everything(cfg.seed)
     import torch
 

@@ -14,40 +14,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import RECIPE, caption_batch, recipe_batches, val_images  # noqa: E402
+from benchmark import build_recipe_run, caption_batch, recipe_batches, val_images  # noqa: E402
 
 
-def build_run(data: Path, cache: Path, out: Path, precision: str, device: str):
-    """The default recipe's run on CUDA with ``precision``, set up as ``captioner train`` does."""
-    from captioner import train as training
-    from captioner.config import ModelConfig, TrainConfig
-    from captioner.model import Captioner, complete_config
-    from captioner.runstate import seed_everything
-    from captioner.splits import load_splits
-    from captioner.vocab import Vocabulary
-
-    cfg = TrainConfig(data=str(data), out=str(out), cache_dir=str(cache), device=device, precision=precision,
-                      **{**RECIPE["train"], "holdout": 100})
-    seed_everything(cfg.seed)
-    train_set, val_set = load_splits(cfg)
-    vocab = Vocabulary.build(train_set.captions(), cfg.min_count)
-    model = Captioner(complete_config(ModelConfig(**RECIPE["model"]), len(vocab)), vocab)
-    return training._build_run(model, cfg, out, train_set, val_set, [])
-
-
-def time_training(data: Path, cache: Path, tmp: Path, precision: str, steps: int, device: str) -> dict:
+def time_training(data: Path, cache: Path, tmp: Path, precision: str, steps: int, device: str,
+                  train_images: int = 0) -> dict:
     """Captions/s of ``steps`` steps after 10 warm-up steps, and the mean loss of the last 10."""
     import torch
 
     from captioner.train import _train_mode, _xe_step
 
-    run = build_run(data, cache, tmp / precision, precision, device)
+    run, _ = build_recipe_run(data, cache, tmp / precision, os.cpu_count() or 1, train_images, device,
+                              precision)
     batches = recipe_batches(run)
     while len(batches) < steps + 10:
         batches = batches + batches
@@ -105,6 +90,8 @@ def main() -> int:
     parser.add_argument("--caption-images", type=int, default=500)
     parser.add_argument("--device", default="cuda", help="cuda (cpu only to smoke-test this script)")
     parser.add_argument("--precisions", default="fp32,bf16,fp16")
+    parser.add_argument("--train-images", type=int, default=0,
+                        help="train on N images of the split (a fifth more held out; 0: the recipe's 500 held out)")
     args = parser.parse_args()
     import torch
 
@@ -113,7 +100,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for precision in args.precisions.split(","):
             report["training"][precision] = time_training(args.data, Path(tmp) / "cache", Path(tmp), precision,
-                                                          args.steps, args.device)
+                                                          args.steps, args.device, args.train_images)
             print(precision, report["training"][precision], flush=True)
     paths = val_images(args.data, args.caption_images)
     for batch in (32, 128):
