@@ -16,7 +16,7 @@ from PIL import ImageOps
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from captioner.data.cache import FeatureCache, cached_features, default_cache_dir
+from captioner.data.cache import FeatureCache, cache_missing, cached_features, default_cache_dir
 from captioner.images import ImageLoadError, load_image
 from captioner.config import ModelConfig
 from captioner.model import Captioner, complete_config
@@ -112,6 +112,34 @@ def encoder_cache_key(model: Captioner, mirror: bool = False) -> str:
     return f"{spec.name}|{spec.weights_id}|{model.config.preprocess.key()}{pooling}{view}"
 
 
+class CachedRows:
+    """The features of a list of images left in the feature cache's file and read when indexed, so a training run's
+    memory does not grow with its data set (Flickr8k's train split is 1.3 GB of float16 feature maps; a batch reads
+    a few MB, from the kernel's page cache after the first epoch).
+
+    Indexing with a 1-D tensor or list of image rows gives a tensor ``(B, *shape)``; images the cache has no entry
+    for (unreadable files) give zeros, as :func:`image_features` does.
+
+    Args:
+        cache: the feature cache holding every image that has a hash.
+        hashes: each image's file hash, or None for an unreadable image.
+    """
+
+    def __init__(self, cache: FeatureCache, hashes: Sequence[str | None]) -> None:
+        self.cache, self.hashes = cache, list(hashes)
+        self.shape = (len(self.hashes), *cache.shape)
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def __getitem__(self, rows) -> torch.Tensor:
+        rows = torch.as_tensor(rows).reshape(-1).tolist()
+        out = np.zeros((len(rows), *self.cache.shape), dtype=self.cache.dtype)  # (B, *shape)
+        present = [i for i, row in enumerate(rows) if self.hashes[row] is not None]
+        self.cache.get([self.hashes[rows[i]] for i in present], out=out, at=present)
+        return torch.from_numpy(out)
+
+
 def image_features(
     model: Captioner,
     paths: Sequence[Path],
@@ -120,9 +148,13 @@ def image_features(
     batch_size: int = 32,
     progress: bool = True,
     mirror: bool = False,
-) -> tuple[torch.Tensor, dict[int, str]]:
+    lazy: bool = False,
+) -> tuple[torch.Tensor | CachedRows, dict[int, str]]:
     """Features ``(N, D)`` or ``(N, L, D)`` for image files, read from / added to the feature cache when the encoder
     is frozen (``mirror``: of the images mirrored left-right, cached separately).
+
+    Args:
+        lazy: with a cache, return :class:`CachedRows` (read when indexed) instead of reading every row now.
 
     Returns:
         ``(features, failures)`` as in :func:`encode_files`.
@@ -132,9 +164,14 @@ def image_features(
         root = Path(cache_dir) if cache_dir else default_cache_dir()
         shape, dtype = feature_layout(model)
         cache = FeatureCache(root, encoder_cache_key(model, mirror), shape, dtype)
-    feats, failures = cached_features(
-        paths, cache, lambda todo: encode_files(model, todo, batch_size=batch_size, progress=progress, mirror=mirror)
-    )
+
+    def encode(todo: Sequence[Path]) -> tuple[np.ndarray, dict[int, str]]:
+        return encode_files(model, todo, batch_size=batch_size, progress=progress, mirror=mirror)
+
+    if lazy and cache is not None:
+        hashes, failures = cache_missing(paths, cache, encode)
+        return CachedRows(cache, [None if i in failures else h for i, h in enumerate(hashes)]), failures
+    feats, failures = cached_features(paths, cache, encode)
     return torch.from_numpy(feats), failures
 
 

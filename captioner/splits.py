@@ -18,7 +18,7 @@ from captioner.config import TrainConfig
 from captioner.data import CaptionSet, load_dataset
 from captioner.data.base import report_bad_images
 from captioner.data.batching import caption_pairs
-from captioner.features import image_features
+from captioner.features import CachedRows, image_features
 from captioner.images import ImageLoadError, load_image
 from captioner.model import Captioner
 
@@ -30,18 +30,18 @@ class Split:
     """A split ready for training: its encoded captions and, with a frozen encoder, its cached image vectors."""
 
     data: CaptionSet
-    features: torch.Tensor | None  # (N, D); None when the encoder trains (images are read at every step)
+    features: torch.Tensor | CachedRows | None  # (N, D) or (N, L, C); None when the encoder trains
     image_index: list[int] = field(default_factory=list)  # caption → image row
     captions: list[list[int]] = field(default_factory=list)  # encoded captions
-    flipped: torch.Tensor | None = None  # (N, D) vectors of the mirrored images (flip_features), else None
+    flipped: torch.Tensor | CachedRows | None = None  # of the mirrored images (flip_features), else None
 
     def vectors(self, rows: torch.Tensor, mirror: torch.Tensor | None = None) -> torch.Tensor:
-        """Cached vectors ``(B, D)`` of image ``rows`` ``(B,)``; where ``mirror`` ``(B,)`` is True, those of the
-        mirrored image (needs ``flipped``)."""
-        feats = self.features[rows]  # (B, D)
+        """Cached features ``(B, D)`` or ``(B, L, C)`` of image ``rows`` ``(B,)``; where ``mirror`` ``(B,)`` is True,
+        those of the mirrored image (needs ``flipped``)."""
+        feats = self.features[rows]  # (B, D) or (B, L, C)
         if mirror is None:
             return feats
-        return torch.where(mirror.unsqueeze(1), self.flipped[rows], feats)
+        return torch.where(mirror.view(-1, *[1] * (feats.dim() - 1)), self.flipped[rows], feats)
 
 
 def mirror_draw(cfg: TrainConfig, step: int, n: int) -> torch.Tensor | None:
@@ -100,9 +100,9 @@ def prepare_split(model: Captioner, data: CaptionSet, cfg: TrainConfig, live: bo
             except ImageLoadError as err:
                 failed[i] = str(err)
     else:
-        feats, failed = image_features(model, paths, cache_dir=cfg.cache_dir)
+        feats, failed = image_features(model, paths, cache_dir=cfg.cache_dir, lazy=True)  # read batch by batch
         if training and cfg.flip_features:
-            flipped, _ = image_features(model, paths, cache_dir=cfg.cache_dir, mirror=True)
+            flipped, _ = image_features(model, paths, cache_dir=cfg.cache_dir, mirror=True, lazy=True)
     report_bad_images(data, {str(data.items[i].path): reason for i, reason in failed.items()}, cfg.on_bad_image)
     index, captions = caption_pairs(data, model.vocab, cfg.max_caption_len, skip=set(failed))
     if not captions:

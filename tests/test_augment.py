@@ -100,6 +100,13 @@ def test_split_vectors_take_the_mirror_rows_where_asked():
     assert split.vectors(rows, torch.tensor([True, False, True])).tolist() == [[1, 1], [0, 0], [1, 1]]
 
 
+def test_split_vectors_mirror_feature_maps_per_image():
+    maps = torch.arange(4 * 3 * 2, dtype=torch.float32).view(4, 3, 2)  # (N, L, C)
+    split = Split(data=None, features=maps, flipped=-maps)
+    rows, mirror = torch.tensor([3, 0, 2]), torch.tensor([True, False, True])
+    assert torch.equal(split.vectors(rows, mirror), torch.stack([-maps[3], maps[0], -maps[2]]))
+
+
 def test_training_with_flip_features_uses_both_views_and_is_repeatable(shapes_dataset, tmp_path):
     from captioner.train import train
 

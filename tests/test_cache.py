@@ -106,3 +106,38 @@ def test_rows_come_back_in_the_asked_order_and_a_truncated_file_is_an_error(tmp_
         handle.truncate(2 * 6 * 2 + 4)  # the third row cut short on disk
     with pytest.raises(OSError, match="shorter than its index says.*rebuild"):
         cache.get(["a", "c"])
+
+
+def test_cached_rows_read_on_indexing_equal_the_loaded_split_and_unreadable_images_are_zeros(tmp_path):
+    import torch
+
+    from captioner.data.cache import cache_missing
+    from captioner.features import CachedRows
+
+    paths = _files(tmp_path, [b"abc", b"hello", b"BADx", b"zz"]) + [tmp_path / "missing.jpg"]
+    cache = FeatureCache(tmp_path / "c", "enc|w|pre", 4)
+    loaded, bad = cached_features(paths, cache, CountingEncoder())
+    enc = CountingEncoder()
+    hashes, failures = cache_missing(paths, cache, enc)
+    assert enc.calls == 1 and failures == bad and set(bad) == {2, 4}  # only the undecodable file is tried again
+    rows = CachedRows(cache, [None if i in failures else h for i, h in enumerate(hashes)])
+    assert len(rows) == 5 and rows.shape == (5, 4)
+    index = torch.tensor([3, 0, 2, 0, 4, 1])
+    assert torch.equal(rows[index], torch.from_numpy(loaded)[index])
+    assert rows[[2]].abs().sum() == 0 and rows[torch.tensor([1])].shape == (1, 4)
+
+
+def test_training_splits_leave_their_features_in_the_cache(tiny_model, shapes_dataset, tmp_path):
+    import torch
+
+    from captioner.config import TrainConfig
+    from captioner.features import CachedRows
+    from captioner.splits import load_splits, prepare_split
+
+    cfg = TrainConfig(data=str(shapes_dataset), out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"))
+    train_set, _ = load_splits(cfg)
+    split = prepare_split(tiny_model, train_set, cfg, live=False, training=True)
+    assert isinstance(split.features, CachedRows) and len(split.features) == len(train_set)
+    first = split.features[torch.arange(len(train_set))]
+    assert first.shape == (len(train_set), *tiny_model.config.feature_shape()) and first.abs().sum() > 0
+

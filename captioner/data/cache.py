@@ -166,6 +166,24 @@ def cached_features(
     """
     if cache is None:
         return encode_files(paths)
+    hashes, failures = cache_missing(paths, cache, encode_files)
+    out = np.zeros((len(paths), *cache.shape), dtype=cache.dtype)
+    good = [i for i in range(len(paths)) if i not in failures]
+    cache.get([hashes[i] for i in good], out=out, at=good)  # straight into out: one copy of the split in memory
+    return out, failures
+
+
+def cache_missing(
+    paths: Sequence[Path],
+    cache: FeatureCache,
+    encode_files: Callable[[Sequence[Path]], tuple[np.ndarray, dict[int, str]]],
+) -> tuple[list[str | None], dict[int, str]]:
+    """Encode the image files the cache lacks and add them to it.
+
+    Returns:
+        ``(hashes, failures)``: each file's SHA-256 (None when it cannot be read) and ``{index: reason}`` for the
+        images that could not be read or decoded (in index order).
+    """
     hashes = [_hash_or_none(p) for p in paths]
     failures = {i: "cannot read file" for i, h in enumerate(hashes) if h is None}
     todo = [i for i, h in enumerate(hashes) if h is not None and h not in cache]
@@ -175,10 +193,7 @@ def cached_features(
         ok = [j for j in range(len(todo)) if j not in failed]
         cache.add([hashes[todo[j]] for j in ok], new[ok])
         failures.update({todo[j]: reason for j, reason in failed.items()})
-    out = np.zeros((len(paths), *cache.shape), dtype=cache.dtype)
-    good = [i for i in range(len(paths)) if i not in failures]
-    cache.get([hashes[i] for i in good], out=out, at=good)  # straight into out: one copy of the split in memory
-    return out, dict(sorted(failures.items()))
+    return hashes, dict(sorted(failures.items()))
 
 
 def _hash_or_none(path: Path) -> str | None:
