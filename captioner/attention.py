@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from captioner.config import ModelConfig
-from captioner.decoder import DecoderStep, initial_state, map_tensors, select_context, state_width
+from captioner.decoder import DecoderStep, Dropout, initial_state, map_tensors, select_context, state_width
 
 _CELLS = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
 
@@ -86,9 +86,9 @@ class AttentionDecoder(nn.Module):
         self.config = config
         self.is_lstm = config.cell == "lstm"
         self.embed = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=0)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.image_proj = nn.Sequential(
-            nn.Linear(config.encoder_dim, config.image_proj_dim), nn.ReLU(), nn.Dropout(config.dropout)
+            nn.Linear(config.encoder_dim, config.image_proj_dim), nn.ReLU(), Dropout(config.dropout)
         )
         self.attention = SoftAttention(config.image_proj_dim, config.hidden_dim, config.attention_dim,
                                        config.attention_gate)
@@ -193,21 +193,22 @@ class AttentionDecoder(nn.Module):
         order = lengths.argsort(descending=True, stable=True)
         context = select_context(context, rows.index_select(0, order))
         state = map_tensors(lambda s: s.index_select(1, rows.index_select(0, order)), state)
-        word_gates = self._word_gates(self.dropout(self.embed(tokens.index_select(0, order))))  # (B, T, G*H)
-        word_gates = word_gates.transpose(0, 1).unbind(0)  # T views (B, G*H): a step's gradient stays its own size
-        context_weight = self._context_weight()
         active = (lengths.unsqueeze(0) >= positions.unsqueeze(1)).sum(dim=1).tolist()  # rows still going at t
+        active = [n for n in active if n]  # non-increasing: the steps up to the longest caption
+        slots = torch.cat([torch.arange(n, device=tokens.device) * steps + t for t, n in enumerate(active)])
+        real = tokens.index_select(0, order).reshape(-1).index_select(0, slots)  # (sum of lengths,) step by step
+        word_gates = self._word_gates(self.dropout(self.embed(real))).split(active)  # T views (n_t, G*H): no padding
+        context_weight = self._context_weight()
         hiddens, alphas = [], []
+        prefix, width = context, batch
         for t, n in enumerate(active):
-            if n == 0:
-                break
-            prefix = map_tensors(lambda s: s[:n], context)
-            h, state, alpha = self._recur(word_gates[t][:n], context_weight, prefix,
+            if n != width:  # a slice of the previous slice: its gradient is the previous slice's size, not (B, ...)
+                prefix, width = map_tensors(lambda s: s[:n], prefix), n
+            h, state, alpha = self._recur(word_gates[t], context_weight, prefix,
                                           map_tensors(lambda s: s[:, :n], state))
             hiddens.append(h)  # rows past n have ended: later steps never need them
             alphas.append(alpha)
         logits = self.head(self.dropout(torch.cat(hiddens)))  # (sum of lengths, V): one product for all steps
-        slots = torch.cat([torch.arange(n, device=tokens.device) * steps + t for t, n in enumerate(active[:len(hiddens)])])
         unsort = order.argsort()
         out = logits.new_zeros(batch * steps, logits.shape[1]).index_copy(0, slots, logits)
         out_logits = out.view(batch, steps, -1).index_select(0, unsort)  # (B, T, V)

@@ -67,3 +67,18 @@ def test_multilayer_and_shapes():
     dec = Decoder(tiny_config(40, num_layers=2, dropout=0.3))
     logits = dec(torch.randn(3, dec.config.encoder_dim), torch.randint(0, 40, (3, 7)))
     assert logits.shape == (3, 7, 40)
+
+
+def test_cpu_dropout_keeps_one_minus_p_scales_the_kept_and_is_identity_in_eval():
+    from captioner.decoder import Dropout
+
+    torch.manual_seed(0)
+    drop = Dropout(0.3)
+    x = torch.ones(200_000, requires_grad=True)
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.005
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.7))
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # the gradient goes through the same mask and scale
+    assert torch.equal(drop.eval()(x), x) and torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))
