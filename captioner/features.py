@@ -140,6 +140,16 @@ class CachedRows:
         return torch.from_numpy(out)
 
 
+def feature_mean(features: torch.Tensor | CachedRows, rows: Sequence[int], chunk: int = 256) -> torch.Tensor:
+    """The mean of ``features[rows]`` ``(D,)`` or ``(L, C)``, read ``chunk`` rows at a time (float64 sums)."""
+    if not rows:
+        raise ValueError("the mean of no images is undefined")
+    total = torch.zeros(tuple(features.shape[1:]), dtype=torch.float64)
+    for start in range(0, len(rows), chunk):
+        total += features[torch.tensor(rows[start : start + chunk])].double().sum(dim=0)
+    return (total / len(rows)).float()
+
+
 def image_features(
     model: Captioner,
     paths: Sequence[Path],

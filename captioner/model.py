@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "pretrained" / "default"
 MODEL_FILES = ("model.safetensors", "config.json", "vocab.json")
+IMAGE_MEAN_FILE = "image_mean.safetensors"  # optional: the training images' mean features (captioner visualize)
 
 
 class ModelLoadError(RuntimeError):
@@ -117,6 +118,7 @@ class Captioner(ImageCaptioning, nn.Module):
         self.decoder = _build_decoders(config)
         self._encoder = encoder
         self._transform = None
+        self.image_mean: torch.Tensor | None = None  # mean features of the training images, (D,) or (L, C)
 
     @property
     def config(self) -> ModelConfig:
@@ -185,6 +187,8 @@ class Captioner(ImageCaptioning, nn.Module):
             to_json(self.config, tmp / "config.json")
             self.vocab.save(tmp / "vocab.json")
             (tmp / "README.md").write_text(card or _default_card(self.config), encoding="utf-8")
+            if self.image_mean is not None:
+                save_file({"mean": self.image_mean.detach().float().cpu().contiguous()}, str(tmp / IMAGE_MEAN_FILE))
             for path in tmp.iterdir():
                 path.chmod(0o644)  # safetensors writes its file private; a model is meant to be shared
             _replace_dir(tmp, directory)
@@ -227,7 +231,28 @@ class Captioner(ImageCaptioning, nn.Module):
             encoder.load_state_dict(_strip(state, "encoder."), strict=True)
         model = cls(config, vocab, encoder)
         model.decoder.load_state_dict({k: v.float() for k, v in _strip(state, "decoder.").items()}, strict=True)
+        model.image_mean = _load_image_mean(directory, config)
         return model.to(device).eval()
+
+
+def _load_image_mean(directory: Path, config: ModelConfig) -> torch.Tensor | None:
+    """The training images' mean features the directory holds (None: it has none, or they do not fit the model,
+    which is logged)."""
+    from safetensors.torch import load_file
+
+    path = directory / IMAGE_MEAN_FILE
+    if not path.is_file():
+        return None
+    try:
+        mean = load_file(str(path))["mean"]
+    except Exception as err:  # a damaged optional file must not stop the model from captioning
+        logger.warning("ignoring %s: %s", path, err)
+        return None
+    if tuple(mean.shape) != tuple(config.feature_shape()):
+        logger.warning("ignoring %s: shape %s, the model's features are %s", path, tuple(mean.shape),
+                       tuple(config.feature_shape()))
+        return None
+    return mean.float()
 
 
 def _build_decoders(config: ModelConfig) -> nn.Module:

@@ -31,7 +31,7 @@ from captioner.config import ModelConfig, TrainConfig, to_json
 from captioner.data import CaptionSet
 from captioner.data.batching import bucket_batches, image_batches, iterate_batches
 from captioner.evaluate import caption_vectors
-from captioner.features import encode_files
+from captioner.features import encode_files, feature_mean
 from captioner.generate import GenerationConfig
 from captioner.images import load_image
 from captioner.metrics import score_captions
@@ -47,6 +47,7 @@ from captioner.splits import Split, load_splits, mirror_draw, prepare_split
 from captioner.vocab import Vocabulary
 
 logger = logging.getLogger(__name__)
+
 
 def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, resume: bool = False) -> TrainResult:
     """Train a captioner from scratch; see the module docstring for what is written.
@@ -121,6 +122,8 @@ def _build_run(model: Captioner, cfg: TrainConfig, out: Path, train_set: Caption
         train_split = prepare_split(model, train_set, cfg, live=bool(trainable), training=True)
         val_split = (prepare_split(model, val_set, cfg, live=bool(trainable), training=False)
                      if val_set is not None else None)
+    if train_split.features is not None:  # the "no particular image" of captioner visualize, saved with the model
+        model.image_mean = feature_mean(train_split.features, sorted(set(train_split.image_index)))
     seed_everything(cfg.seed + 1)  # building the encoder on a cache miss draws random numbers: reseed after it
     optimizer = build_optimizer(model, trainable, cfg)
     batches = len(xe_batches(train_split, cfg, torch.Generator()))
@@ -139,7 +142,7 @@ def _loop(run: Run) -> None:
     """Epochs of training and validation from the current position until the end or early stopping."""
     cfg, progress = run.cfg, run.progress
     epochs = total_epochs(cfg)
-    log = CsvLog(run.out / "log.csv", LOG_FIELDS) if run.dist.is_main else _NoLog()
+    log = _open_log(run)
     try:
         while progress.epoch <= epochs:
             t0 = time.perf_counter()
@@ -150,6 +153,22 @@ def _loop(run: Run) -> None:
     finally:
         log.close()
     run.timings["captions_per_s"] = [len(run.train.captions) / s for s in run.timings.get("epoch_s", [])]
+
+
+def _open_log(run: Run):
+    """``log.csv`` (and with ``tensorboard`` the same rows as TensorBoard scalars) on rank 0; nothing elsewhere."""
+    if not run.dist.is_main:
+        return _NoLog()
+    csv_log = CsvLog(run.out / "log.csv", LOG_FIELDS)
+    if not run.cfg.tensorboard:
+        return csv_log
+    from captioner.tblog import Logs, TensorBoardLog
+
+    try:
+        return Logs(csv_log, TensorBoardLog(run.out / "tensorboard"))
+    except Exception:
+        csv_log.close()
+        raise
 
 
 class _NoLog:

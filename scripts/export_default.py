@@ -29,6 +29,10 @@ from captioner.evaluate import evaluate
 from captioner.generate import GenerationConfig
 from captioner.model import DEFAULT_MODEL_DIR, Captioner
 from captioner.runreport import architecture_lines
+
+IMAGE_MEAN_LINE = ("- `image_mean.safetensors`: the mean feature map of the training images (written by `captioner "
+                   "train`), the 'no particular image' of `captioner visualize`'s image sensitivity; captioning never "
+                   "reads it")
 from captioner.splits import hold_out
 
 BEAM3 = GenerationConfig(beam_size=3)
@@ -156,6 +160,7 @@ def _card(args, model: Captioner, summaries: list[dict], scored: dict, choice: s
         "one core each)",
         f"- Weights stored as {'float16' if changed == 0 else 'float32'} ({changed} of {n_held} held-out "
         "captions change in float16)",
+        IMAGE_MEAN_LINE,
         "",
         f"## Selection ({n_held} held-out training images, beam 3; the validation split was not looked at)",
         "",
