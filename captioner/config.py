@@ -174,6 +174,7 @@ class TrainConfig:
         label_smoothing: cross-entropy label smoothing (0: none).
         flip_features: augment the training images with their mirror images: each step takes the original or the
             mirrored image's vector with equal probability (both cached; see :mod:`captioner.splits`).
+        tensorboard: also write the logged rows as TensorBoard scalars under ``out/tensorboard``.
         batch_by_image: cross-entropy batches hold whole images, all their captions together (about
             ``batch_size`` captions), so each image's features are projected once per step (what makes attention
             models fast); otherwise captions are batched by length across images.
@@ -231,6 +232,7 @@ class TrainConfig:
     holdout_seed: int | None = None
     label_smoothing: float = 0.0
     flip_features: bool = False
+    tensorboard: bool = False
     batch_by_image: bool = False
     image_size: int = 0
     attention_reg: float = 0.0

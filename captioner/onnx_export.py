@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from captioner.config import ModelConfig, to_json
+from captioner.config import to_json
 
 logger = logging.getLogger(__name__)
 

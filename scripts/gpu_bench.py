@@ -27,8 +27,6 @@ from benchmark import build_recipe_run, caption_batch, recipe_batches, val_image
 def time_training(data: Path, cache: Path, tmp: Path, precision: str, steps: int, device: str,
                   train_images: int = 0) -> dict:
     """Captions/s of ``steps`` steps after 10 warm-up steps, and the mean loss of the last 10."""
-    import torch
-
     from captioner.train import _train_mode, _xe_step
 
     run, _ = build_recipe_run(data, cache, tmp / precision, os.cpu_count() or 1, train_images, device,

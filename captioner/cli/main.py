@@ -9,10 +9,10 @@ import sys
 from collections.abc import Sequence
 
 from captioner import __version__
-from captioner.cli import caption, data, ensemble, evaluate, export, finetune, score, train
+from captioner.cli import caption, data, ensemble, evaluate, export, finetune, inspect, plot, score, train, visualize
 from captioner.cli.common import CliError
 
-SUBCOMMANDS = (caption, train, finetune, ensemble, export, evaluate, score, data)
+SUBCOMMANDS = (caption, train, finetune, ensemble, export, evaluate, score, data, inspect, visualize, plot)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -92,6 +92,10 @@ def add_run_options(parser: argparse.ArgumentParser, epochs: int, lr: float) -> 
     parser.add_argument("--flip-features", action="store_true",
                         help="augment: also cache the vectors of the mirrored training images and train on the "
                         "original or the mirror image with equal chance at each step (default: off)")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also log loss, gradient norm, learning rate and validation scores to TensorBoard "
+                        "(RUN/tensorboard; view with `tensorboard --logdir RUN/tensorboard`; needs "
+                        "pip install 'captioner[tensorboard]')")
     parser.add_argument("--batch-by-image", action="store_true",
                         help="batches of whole images (all their captions together, about --batch-size captions), "
                         "so each image's features are projected once per step: much faster for attention models "
@@ -151,6 +155,13 @@ def add_run_options(parser: argparse.ArgumentParser, epochs: int, lr: float) -> 
 
 def prepare_out(args: argparse.Namespace) -> None:
     """Refuse to clobber an earlier run unless --overwrite; --resume needs one."""
+    if args.tensorboard:  # before anything in the run directory is touched
+        from captioner.tblog import require_tensorboard
+
+        try:
+            require_tensorboard()
+        except ValueError as err:
+            raise CliError(str(err)) from None
     out = Path(args.out)
     check_writable_dir(out, "--out")
     if not Path(args.data).exists():
@@ -182,6 +193,7 @@ def train_config(args: argparse.Namespace):
             seed=args.seed, val_max_images=args.val_max_images, holdout=args.holdout,
             holdout_seed=args.holdout_seed,
             label_smoothing=args.label_smoothing, flip_features=args.flip_features, select_by=args.select_by,
+            tensorboard=args.tensorboard,
             batch_by_image=args.batch_by_image, image_size=args.image_size, attention_reg=args.attention_reg,
             keep_epochs=args.keep_epochs,
             cache_dir=args.cache_dir,
