@@ -75,7 +75,7 @@ def _attention_png(plt, data: dict, path: Path) -> None:
     height, width = photo.shape[:2]
     columns = min(len(data["words"]), 6)
     rows = math.ceil(len(data["words"]) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.4 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for t, (ax, word) in enumerate(zip(axes.flat, data["words"])):
@@ -86,7 +86,7 @@ def _attention_png(plt, data: dict, path: Path) -> None:
         ax.set_title(f"{t + 1}. {word} (max {float(weights[t].max()):.2f})", fontsize=9)
     fig.suptitle("Attention over the photo for each generated word (brighter: more weight)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
