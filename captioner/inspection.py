@@ -100,7 +100,7 @@ def inspect_model(model: Captioner, model_dir: Path | None = None, encoder: bool
         encoder: also build the encoder (with its weights) and count its layers.
 
     Returns:
-        ``{"layers", "recurrent", "w_ih", "totals", "vocab_size", "encoder", "preprocess", "data_sha256", ...}``.
+        ``{"layers", "recurrent" (the first entry with the W_ih split), "totals", "vocab_size", "encoder", "preprocess", "data_sha256", ...}``.
     """
     cfg = model.config
     layers = layer_rows(model.decoder, "decoder", stored=True)
@@ -110,6 +110,8 @@ def inspect_model(model: Captioner, model_dir: Path | None = None, encoder: bool
         totals["encoder"] = sum(p.numel() for p in model.encoder.parameters())
     totals["model"] = sum(totals.values())
     split = w_ih_split(model)
+    recurrent = recurrent_layers(model.decoder, "decoder")
+    recurrent[0].update(split)  # the first layer's W_ih: word columns and image columns
     return {
         "encoder": cfg.encoder, "encoder_dim": cfg.encoder_dim, "inject": cfg.inject, "cell": cfg.cell,
         "num_layers": cfg.num_layers, "num_decoders": cfg.num_decoders, "vocab_size": cfg.vocab_size,
@@ -117,7 +119,7 @@ def inspect_model(model: Captioner, model_dir: Path | None = None, encoder: bool
                        "interpolation": cfg.preprocess.interpolation, "mean": list(cfg.preprocess.mean),
                        "std": list(cfg.preprocess.std)},
         "feature_shape": list(cfg.feature_shape()), "data_sha256": data_hash(model_dir),
-        "layers": layers, "recurrent": recurrent_layers(model.decoder, "decoder"), "w_ih": split,
+        "layers": layers, "recurrent": recurrent,
         "image_injection_share": split["w_ih_image_params"] / totals["decoder"], "totals": totals,
     }
 
@@ -136,7 +138,7 @@ def format_report(report: dict) -> str:
         lines.append(f"  {layer['name']} ({layer['type']}, {g} gates, h={h}, x={x}): "
                      f"{g}·({h}·({h}+{x}) + {h}) + {g}·{h} = {layer['formula_params']:,}; "
                      f"measured {layer['measured_params']:,} ({check})")
-    split = report["w_ih"]
+    split = report["recurrent"][0]
     lines.append(f"  first layer W_ih: {split['w_ih_word_columns']} word-embedding columns "
                  f"({split['w_ih_word_params']:,} parameters) + {split['w_ih_image_columns']} image columns "
                  f"({split['w_ih_image_params']:,} parameters, {report['image_injection_share']:.1%} of the decoder) "

@@ -52,7 +52,8 @@ def test_cli_json_and_table(tiny_model, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     lstm = report["recurrent"][0]
     assert lstm["formula_params"] == lstm["measured_params"]
-    assert {"w_ih_word_columns", "w_ih_image_columns"} <= set(report["w_ih"]) and report["data_sha256"] is None
+    assert lstm["w_ih_word_columns"] == tiny_model.config.embed_dim and report["data_sha256"] is None
+    assert lstm["w_ih_image_columns"] == tiny_model.config.image_proj_dim
     assert main(["inspect", "--model", str(tmp_path / "m"), "--no-encoder"]) == 0
     text = capsys.readouterr().out
     assert "decoder.rnn" in text and "(matches)" in text and "image columns" in text
