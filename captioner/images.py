@@ -6,6 +6,7 @@ Pillow's decompression-bomb guard, and turns every failure into :class:`ImageLoa
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -43,10 +44,26 @@ def load_image(path: str | Path) -> Image.Image:
         raise ImageLoadError("is a directory, not an image")
     if path.stat().st_size == 0:
         raise ImageLoadError("empty file (0 bytes)")
+    return _decode(path)
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Decode an image held in memory (an upload) exactly as :func:`load_image` decodes a file.
+
+    Raises:
+        ImageLoadError: empty, truncated, not an image, or larger than Pillow's decompression-bomb limit.
+    """
+    if not data:
+        raise ImageLoadError("empty file (0 bytes)")
+    return _decode(io.BytesIO(data))
+
+
+def _decode(source) -> Image.Image:
+    """Open, fully decode, apply EXIF orientation and convert to RGB; every failure as :class:`ImageLoadError`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 return to_rgb(img)
