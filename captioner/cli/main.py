@@ -9,10 +9,12 @@ import sys
 from collections.abc import Sequence
 
 from captioner import __version__
-from captioner.cli import caption, data, ensemble, evaluate, export, finetune, inspect, plot, score, train, visualize
+from captioner.cli import (
+    caption, data, ensemble, evaluate, export, finetune, inspect, plot, score, serve, train, visualize,
+)
 from captioner.cli.common import CliError
 
-SUBCOMMANDS = (caption, train, finetune, ensemble, export, evaluate, score, data, inspect, visualize, plot)
+SUBCOMMANDS = (caption, train, finetune, ensemble, export, evaluate, score, data, inspect, visualize, plot, serve)
 
 
 class _Parser(argparse.ArgumentParser):
