@@ -74,6 +74,8 @@ def _decode(source) -> Image.Image:
         ) from None
     except UnidentifiedImageError:
         raise ImageLoadError("not an image file Pillow can read") from None
+    except PermissionError:
+        raise ImageLoadError("permission denied: this user cannot read the file") from None
     except OSError as err:
         raise ImageLoadError(f"unreadable or truncated image ({err})") from None
 

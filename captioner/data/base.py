@@ -17,6 +17,8 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+MAX_CAPTION_WORDS = 100  # longer reference captions are cut to this many words (with a warning)
+
 
 class DatasetError(ValueError):
     """Malformed or inconsistent dataset; the message names the file and the entry."""
@@ -103,6 +105,12 @@ def detect_format(path: Path) -> DatasetFormat:
     for fmt in FORMATS.values():
         if fmt.detect(path):
             return fmt
+    if path.is_file() and path.suffix.lower() == ".json":
+        data = read_json(path)  # bad JSON: its line and column
+        found = f"keys {sorted(map(str, data))[:6]}" if isinstance(data, dict) else f"a {type(data).__name__}"
+        raise DatasetError(f"{path}: JSON with {found}, not a caption file: COCO captions need 'images' and "
+                           "'annotations', Karpathy's split file 'images' with 'sentences'; see the README's data "
+                           "section")
     raise DatasetError(f"{path}: not a dataset in any known format ({', '.join(FORMATS)}); see the README's data section")
 
 
@@ -132,6 +140,8 @@ def load_dataset(
     loader = get_format(path, fmt)
     images = Path(images) if images is not None else None
     parts = [loader.load(path, name, images) for name in split.split("+")]
+    for part in parts:
+        truncate_long_captions(part)
     if len(parts) == 1:
         return parts[0]
     merged: dict[str, ImageItem] = {}
@@ -139,6 +149,23 @@ def load_dataset(
         for item in part.items:
             merged.setdefault(item.name, item)
     return CaptionSet(root=path, split=split, items=list(merged.values()))
+
+
+def truncate_long_captions(data: CaptionSet, max_words: int = MAX_CAPTION_WORDS) -> int:
+    """Cut captions longer than ``max_words`` words to that many, with one warning naming the first; returns how
+    many were cut (a 10,000-word "caption" is a broken annotation, and would cost memory and time everywhere)."""
+    cut, first = 0, None
+    for item in data.items:
+        for i, caption in enumerate(item.captions):
+            words = caption.split()
+            if len(words) > max_words:
+                item.captions[i] = " ".join(words[:max_words])
+                cut += 1
+                first = first or f"image {item.name}, {len(words)} words"
+    if cut:
+        logger.warning("%s [%s]: %d caption(s) longer than %d words cut to %d (first: %s)", data.root, data.split,
+                       cut, max_words, max_words, first)
+    return cut
 
 
 def list_splits(path: str | Path, fmt: str | None = None) -> list[str]:
