@@ -5,16 +5,67 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+
+class SaveError(OSError):
+    """A file could not be written (disk full, no permission); what was there before is intact."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+@contextmanager
+def atomic_target(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; on success it replaces ``path`` (readers see the old or the new
+    file, never half of one); on failure it is removed and :class:`SaveError` says what happened.
+
+    Example::
+
+        with atomic_target(out / "state.pt") as tmp:
+            torch.save(state, tmp)
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise save_error(path, err) from None
+    except BaseException:  # interrupted: leave no temporary file behind
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_error(path: Path, err: OSError) -> SaveError:
+    """The one-line error for a failed write of ``path``."""
+    before = f"the previous {path.name} is intact" if path.exists() else f"no partial {path.name} was left"
+    return SaveError(err.errno, f"cannot write {path}: {err.strerror or err} ({before}); free some space or fix "
+                                "the permissions, then run again (training: with --resume)")
+
+
+def remove_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files that killed writes left in ``folder`` (``.NAME.PID.tmp``, see
+    :func:`atomic_target`); only the run that owns the folder may call this. Returns what was removed."""
+    stale = [p for p in Path(folder).glob(".*.*.tmp") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write a file so that readers see the old or the new content, never half of it."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_target(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` then replace ``path`` with it, as :func:`atomic_target`."""
+    with atomic_target(path) as tmp:
+        write(tmp)
 
 
 def files_sha256(paths: Iterable[Path]) -> str:
@@ -43,8 +94,11 @@ class CsvLog:
             self._handle.flush()
 
     def write(self, **row) -> None:
-        self._writer.writerow({k: _fmt(v) for k, v in row.items()})
-        self._handle.flush()
+        try:
+            self._writer.writerow({k: _fmt(v) for k, v in row.items()})
+            self._handle.flush()
+        except OSError as err:
+            raise save_error(self.path, err) from None
 
     def close(self) -> None:
         self._handle.close()
@@ -97,9 +151,7 @@ def save_training_state(out: Path, state: dict, step: int, keep: int) -> Path:
     import torch
 
     path = Path(out) / "training_state.pt"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
     kept = Path(out) / "checkpoints"
     kept.mkdir(exist_ok=True)
     link = kept / f"step-{step:08d}.pt"
@@ -117,4 +169,10 @@ def load_training_state(out: Path) -> dict:
     path = Path(out) / "training_state.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no training state to resume from; run without --resume to start afresh")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # weights_only refuses code objects (UnpicklingError); a damaged archive fails too
+        reason = str(err).strip().splitlines()[0][:200]
+        raise ValueError(f"{path} is not a training state this version wrote, or it is damaged ({reason}); it was "
+                         "not unpickled. Start afresh without --resume, or resume from a copy in "
+                         f"{path.parent / 'checkpoints'}") from None

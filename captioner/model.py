@@ -21,6 +21,7 @@ from PIL import Image
 from torch import nn
 
 from captioner import encoders
+from captioner.checkpoint import save_error
 from captioner.config import ModelConfig, from_json, to_json
 from captioner.decoder import build_decoder
 from captioner.generate import GenerationConfig, Hypothesis, generate
@@ -173,27 +174,35 @@ class Captioner(ImageCaptioning, nn.Module):
             directory: destination; replaced if it exists.
             card: model-card markdown for ``README.md`` (None keeps a short generated card).
             half: store floating-point weights as float16 (smaller; loading converts back to float32).
-        """
-        from safetensors.torch import save_file
 
+        Raises:
+            SaveError: the disk is full or not writable; the previous directory is intact.
+        """
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         recover_interrupted_save(directory)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         tmp.chmod(0o755)  # mkdtemp makes it private; a model directory is meant to be shared
         try:
-            state = self._weights_to_save(half)
-            save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-            to_json(self.config, tmp / "config.json")
-            self.vocab.save(tmp / "vocab.json")
-            (tmp / "README.md").write_text(card or _default_card(self.config), encoding="utf-8")
-            if self.image_mean is not None:
-                save_file({"mean": self.image_mean.detach().float().cpu().contiguous()}, str(tmp / IMAGE_MEAN_FILE))
-            for path in tmp.iterdir():
-                path.chmod(0o644)  # safetensors writes its file private; a model is meant to be shared
+            self._write_files(tmp, card, half)
             _replace_dir(tmp, directory)
+        except OSError as err:
+            raise save_error(directory, err) from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _write_files(self, tmp: Path, card: str | None, half: bool) -> None:
+        """The model directory's files, into ``tmp``."""
+        from safetensors.torch import save_file
+
+        save_file(self._weights_to_save(half), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        to_json(self.config, tmp / "config.json")
+        self.vocab.save(tmp / "vocab.json")
+        (tmp / "README.md").write_text(card or _default_card(self.config), encoding="utf-8")
+        if self.image_mean is not None:
+            save_file({"mean": self.image_mean.detach().float().cpu().contiguous()}, str(tmp / IMAGE_MEAN_FILE))
+        for path in tmp.iterdir():
+            path.chmod(0o644)  # safetensors writes its file private; a model is meant to be shared
 
     def _weights_to_save(self, half: bool) -> dict[str, torch.Tensor]:
         state = {f"decoder.{k}": v for k, v in self.decoder.state_dict().items()}
@@ -207,9 +216,12 @@ class Captioner(ImageCaptioning, nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path | None = None, device: str | torch.device = "cpu") -> Captioner:
-        """Load a model directory (None or ``"default"``: the embedded default model)."""
-        from safetensors.torch import load_file
+        """Load a model directory (None or ``"default"``: the embedded default model).
 
+        Raises:
+            ModelLoadError: missing or damaged files, a pickle posing as weights, an unknown encoder, or weights that
+                do not fit the configuration and vocabulary; the message names the file.
+        """
         directory = resolve_model_dir(directory)
         missing = [name for name in MODEL_FILES if not (directory / name).is_file()]
         olds = sorted(directory.parent.glob(f".{glob.escape(directory.name)}.old-*"))
@@ -222,17 +234,47 @@ class Captioner(ImageCaptioning, nn.Module):
                 "pass a directory written by `captioner train` or Captioner.save_pretrained"
             )
         config = from_json(ModelConfig, directory / "config.json")
+        try:
+            encoders.get_spec(config.encoder)
+        except ValueError as err:
+            raise ModelLoadError(f"{directory / 'config.json'}: {err} (a model from a newer captioner?)") from None
         vocab = Vocabulary.load(directory / "vocab.json")
-        state = load_file(str(directory / "model.safetensors"))
-        encoder = None
-        if config.encoder_weights_in_file:
-            encoder = encoders.build_encoder(config.encoder, pretrained=False, pooling=config.pooling,
-                                             spatial=config.attention)
-            encoder.load_state_dict(_strip(state, "encoder."), strict=True)
-        model = cls(config, vocab, encoder)
-        model.decoder.load_state_dict({k: v.float() for k, v in _strip(state, "decoder.").items()}, strict=True)
+        state = _read_weights(directory / "model.safetensors")
+        try:
+            encoder = None
+            if config.encoder_weights_in_file:
+                encoder = encoders.build_encoder(config.encoder, pretrained=False, pooling=config.pooling,
+                                                 spatial=config.attention)
+                encoder.load_state_dict(_strip(state, "encoder."), strict=True)
+            model = cls(config, vocab, encoder)
+            model.decoder.load_state_dict({k: v.float() for k, v in _strip(state, "decoder.").items()}, strict=True)
+        except RuntimeError as err:  # missing, unexpected or wrongly shaped tensors
+            first = str(err).strip().splitlines()[-1].strip()
+            raise ModelLoadError(f"{directory / 'model.safetensors'} does not fit config.json and vocab.json "
+                                 f"({first}); the files come from different models") from None
         model.image_mean = _load_image_mean(directory, config)
         return model.to(device).eval()
+
+
+_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # a pickle stream; a torch.save zip archive
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; anything else (a pickle, a torch checkpoint, a damaged file) is refused
+    with a :class:`ModelLoadError` and never unpickled."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head.startswith(_PICKLE_MAGIC):
+        raise ModelLoadError(f"{path} is a pickle or torch.save checkpoint, not safetensors; captioner never loads "
+                             "pickles (they can run code): save the model with Captioner.save_pretrained")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ModelLoadError(f"{path} is not a readable safetensors file ({err}); it is truncated or corrupt: "
+                             "copy or train the model again") from None
 
 
 def _load_image_mean(directory: Path, config: ModelConfig) -> torch.Tensor | None:

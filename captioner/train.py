@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 
 from captioner import distributed, scst
 from captioner.attention import doubly_stochastic_penalty
-from captioner.checkpoint import CsvLog, atomic_write_text, load_training_state
+from captioner.checkpoint import CsvLog, atomic_write_text, load_training_state, remove_temporaries
 from captioner.config import ModelConfig, TrainConfig, to_json
 from captioner.data import CaptionSet
 from captioner.data.batching import bucket_batches, image_batches, iterate_batches
@@ -83,6 +84,8 @@ def fit(model: Captioner, cfg: TrainConfig, train_set: CaptionSet, val_set: Capt
         torch.set_num_threads(cfg.num_threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main:
+        remove_temporaries(out)
     joined = ctx.active and not torch.distributed.is_initialized()
     run = _build_run(model, cfg, out, train_set, val_set, card_extra or [], ctx)
     if resume:
@@ -213,7 +216,8 @@ def _train_epoch(run: Run, log: CsvLog) -> float:
     for batch in bar:
         value, norm, extra = step(batch)
         progress.batch, progress.step = progress.batch + 1, progress.step + 1
-        total, count = total + value, count + 1
+        if math.isfinite(value) and math.isfinite(norm):  # skipped steps changed nothing: left out of the mean
+            total, count = total + value, count + 1
         if progress.step % cfg.log_every == 0 or cfg.dry_run:
             log.write(step=progress.step, epoch=progress.epoch, loss=value, grad_norm=norm, lr=lr_of(run), **extra)
             bar.set_postfix(loss=f"{value:.3f}")

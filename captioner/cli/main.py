@@ -12,6 +12,7 @@ from captioner import __version__
 from captioner.cli import (
     caption, data, ensemble, evaluate, export, finetune, inspect, plot, score, serve, train, visualize,
 )
+from captioner.checkpoint import SaveError
 from captioner.cli.common import CliError
 
 SUBCOMMANDS = (caption, train, finetune, ensemble, export, evaluate, score, data, inspect, visualize, plot, serve)
@@ -48,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.code
+    except SaveError as err:  # disk full or no permission while writing: the previous files are intact
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -6,10 +6,15 @@ preprocessing makes a new one. Layout under the cache root::
 
     <root>/<sha256(encoder key)[:16]>/key.json       the full encoder key, the row shape and dtype, for humans
                                      /index.json     {file sha256: row}
+                                     /checksums.json {file sha256: CRC-32 of its row}
                                      /features.f32   float32 rows of shape (D,) (np.memmap)
                                      /features.f16   or float16 rows, e.g. feature maps of shape (L, D)
 
 Pooled vectors are stored as float32; feature maps (81 times larger for a 9x9 map) as float16.
+
+Rows are checked against their CRC-32 before a split uses them (:meth:`FeatureCache.verify`): a row that was
+damaged or cut short is encoded again, never silently used. Rows written before checksums existed get theirs on
+first check.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import zlib
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,7 +75,14 @@ class FeatureCache:
             _atomic_write(key_file, json.dumps(about, indent=2))
         self._data = self.dir / f"features.{_SUFFIX[dtype]}"
         self._index_file = self.dir / "index.json"
+        self._crc_file = self.dir / "checksums.json"
         self.index: dict[str, int] = self._read_index()
+
+    def _read_checksums(self) -> dict[str, int]:
+        try:
+            return {str(k): int(v) for k, v in json.loads(self._crc_file.read_text()).items()}
+        except (OSError, ValueError, AttributeError):
+            return {}
 
     def _read_index(self) -> dict[str, int]:
         if not self._index_file.exists():
@@ -97,15 +110,23 @@ class FeatureCache:
             raise ValueError(f"expected features of shape {(len(hashes), *self.shape)}, got {features.shape}")
         with self._locked():
             self.index = self._read_index()
-            with open(self._data, "ab") as handle:
-                row_bytes = self.dtype.itemsize * self.dim
-                first = handle.tell() // row_bytes
-                if handle.tell() % row_bytes:  # a row cut short by a killed writer: overwrite it
-                    handle.truncate(first * row_bytes)
-                handle.write(features.tobytes())
-                handle.flush()
-                os.fsync(handle.fileno())
+            try:
+                with open(self._data, "ab") as handle:
+                    row_bytes = self.dtype.itemsize * self.dim
+                    first = handle.tell() // row_bytes
+                    if handle.tell() % row_bytes:  # a row cut short by a killed writer: overwrite it
+                        handle.truncate(first * row_bytes)
+                    handle.write(features.tobytes())
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            except OSError as err:  # disk full: the index still lists only complete rows
+                from captioner.checkpoint import save_error
+
+                raise save_error(self._data, err) from None
             self.index.update({h: first + i for i, h in enumerate(hashes)})
+            checksums = self._read_checksums()
+            checksums.update({h: zlib.crc32(row.tobytes()) for h, row in zip(hashes, features)})
+            _atomic_write(self._crc_file, json.dumps(checksums))
             _atomic_write(self._index_file, json.dumps(self.index))
 
     def get(self, hashes: Sequence[str], out: np.ndarray | None = None,
@@ -135,6 +156,34 @@ class FeatureCache:
                                   f"delete {self.dir} and run again to rebuild it")
         return out
 
+    def verify(self, hashes: Sequence[str]) -> list[str]:
+        """Check the rows of ``hashes`` (all in the cache) against their checksums; returns the hashes whose rows
+        are damaged or cut short, after dropping them from the index so that they are encoded again. Rows without a
+        checksum (written by an older version) get one now."""
+        if not hashes:
+            return []
+        row_bytes = self.dtype.itemsize * self.dim
+        buffer = bytearray(row_bytes)
+        with self._locked():
+            checksums, bad, new = self._read_checksums(), [], {}
+            with open(self._data, "rb") as handle:
+                for digest in sorted(set(hashes), key=self.index.__getitem__):  # in file order
+                    handle.seek(self.index[digest] * row_bytes)
+                    size = handle.readinto(buffer)
+                    crc = zlib.crc32(buffer) if size == row_bytes else None
+                    if crc is None or checksums.get(digest, crc) != crc:
+                        bad.append(digest)
+                    elif digest not in checksums:
+                        new[digest] = crc
+            if bad or new:
+                self.index = self._read_index()  # with what other processes added meanwhile
+                for digest in bad:
+                    self.index.pop(digest, None)
+                    checksums.pop(digest, None)
+                _atomic_write(self._crc_file, json.dumps({**checksums, **new}))
+                _atomic_write(self._index_file, json.dumps(self.index))
+        return bad
+
     def __contains__(self, digest: str) -> bool:
         return digest in self.index
 
@@ -143,9 +192,9 @@ _SUFFIX = {"float32": "f32", "float16": "f16"}
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from captioner.checkpoint import atomic_write_text
+
+    atomic_write_text(path, text)
 
 
 def cached_features(
@@ -186,6 +235,10 @@ def cache_missing(
     """
     hashes = [_hash_or_none(p) for p in paths]
     failures = {i: "cannot read file" for i, h in enumerate(hashes) if h is None}
+    damaged = cache.verify([h for h in hashes if h is not None and h in cache])
+    if damaged:
+        logger.warning("feature cache %s: %d row(s) failed their checksum or were cut short; encoding those images "
+                       "again", cache.dir, len(damaged))
     todo = [i for i, h in enumerate(hashes) if h is not None and h not in cache]
     if todo:
         logger.info("encoding %d of %d images (the others are cached)", len(todo), len(paths))
