@@ -195,6 +195,8 @@ class TrainConfig:
         patience: stop after this many epochs without a better ``select_by`` figure (0: never stop early).
         log_every: write the training loss and gradient norm to ``log.csv`` every N steps (1: the full trace).
         save_every: also write the resume state every N steps (0: only at the end of each epoch).
+        max_nonfinite_steps: a step whose loss or gradient is NaN or infinite is skipped with a warning (the weights
+            are not touched); this many such steps in a row stop the run.
         keep_checkpoints: resume states kept in ``checkpoints/`` besides the latest (the best model is always kept).
         freeze: parts of the decoder not trained: ``embedding``, ``decoder`` (recurrent cell and image projection),
             ``head`` (output layer).
@@ -247,6 +249,7 @@ class TrainConfig:
     patience: int = 0
     log_every: int = 50
     save_every: int = 0
+    max_nonfinite_steps: int = 5
     keep_checkpoints: int = 2
     freeze: list[str] = field(default_factory=list)
     unfreeze_encoder: int = 0

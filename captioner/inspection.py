@@ -67,8 +67,8 @@ def w_ih_split(model: Captioner) -> dict:
 
 def layer_rows(module: nn.Module, prefix: str, stored: bool, max_depth: int | None = None) -> list[dict]:
     """Layers with parameters: every module whose weights are all its own (or, with ``max_depth``, the modules that
-    many levels below ``module``, each counted whole) as ``{"name", "type", "params", "stored", "shapes"}`` (``stored``: the weights
-    are in the model file, not taken from the encoder's pretrained package)."""
+    many levels below ``module``, each counted whole) as ``{"name", "type", "params", "stored", "shapes"}``
+    (``stored``: the weights are in the model file, not taken from the encoder's pretrained package)."""
     rows = []
     for name, sub in module.named_modules(prefix=prefix):
         depth = name.count(".") - prefix.count(".")
@@ -100,7 +100,8 @@ def inspect_model(model: Captioner, model_dir: Path | None = None, encoder: bool
         encoder: also build the encoder (with its weights) and count its layers.
 
     Returns:
-        ``{"layers", "recurrent" (the first entry with the W_ih split), "totals", "vocab_size", "encoder", "preprocess", "data_sha256", ...}``.
+        ``{"layers", "recurrent" (the first entry with the W_ih split), "totals", "vocab_size", "encoder",
+        "preprocess", "data_sha256", ...}``.
     """
     cfg = model.config
     layers = layer_rows(model.decoder, "decoder", stored=True)

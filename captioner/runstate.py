@@ -6,6 +6,7 @@ this one, never each other's loops, so the dependencies point one way.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from captioner.config import TrainConfig
 from captioner.distributed import SINGLE, DistContext
 from captioner.model import Captioner
 from captioner.splits import Split
+
+logger = logging.getLogger(__name__)
 
 LOG_FIELDS = ["step", "epoch", "loss", "grad_norm", "lr", "val_loss", "val_bleu4", "val_cider", "elapsed_s",
               "reward"]
@@ -60,6 +63,7 @@ class Run:
     amp_dtype: torch.dtype | None = None  # autocast's dtype for the training forward (None: fp32)
     dist: DistContext = SINGLE  # this process's place in a torchrun job
     net: nn.Module | None = None  # the decoder in DistributedDataParallel (None: one process)
+    nonfinite_steps: int = 0  # NaN/inf steps skipped in a row
 
 
 @dataclass
@@ -117,25 +121,45 @@ def is_scst(cfg: TrainConfig, epoch: int) -> bool:
 def apply_gradients(run: Run, loss: torch.Tensor) -> float:
     """Backpropagate ``loss``, clip the global gradient norm, step the optimizer and the per-step schedule.
 
+    A step whose loss or gradient norm is NaN or infinite leaves the weights and the optimizer untouched (see
+    :func:`skip_nonfinite`). The backward pass runs either way, so that in a distributed job every process makes the
+    same choice: a NaN gradient anywhere is NaN everywhere after DDP's all-reduce.
+
     Returns:
         The gradient norm before clipping.
     """
     value = loss.item()
-    if not math.isfinite(value):
-        raise FloatingPointError(f"training loss became {value} at step {run.progress.step + 1}; lower --lr or "
-                                 "use --clip-norm")
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
     run.scaler.unscale_(run.optimizer)
     params = [p for group in run.optimizer.param_groups for p in group["params"]]
     max_norm = run.cfg.clip_norm if run.cfg.clip_norm > 0 else float("inf")
     norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    run.scaler.step(run.optimizer)
+    if math.isfinite(value) and (math.isfinite(norm) or run.scaler.is_enabled()):  # fp16's scaler skips inf itself
+        run.nonfinite_steps = 0
+        run.scaler.step(run.optimizer)
+    else:
+        skip_nonfinite(run, value, norm)
     run.scaler.update()
     if not is_scst(run.cfg, run.progress.epoch) and not isinstance(
             run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         run.scheduler.step()  # the schedule covers the cross-entropy epochs; SCST runs at a constant scst_lr
     return norm
+
+
+def skip_nonfinite(run: Run, value: float, norm: float) -> None:
+    """Drop this step's gradients with a warning; stop the run after ``max_nonfinite_steps`` such steps in a row."""
+    run.optimizer.zero_grad(set_to_none=True)
+    run.nonfinite_steps += 1
+    step, limit = run.progress.step + 1, run.cfg.max_nonfinite_steps
+    what = f"loss {value}" if not math.isfinite(value) else f"gradient norm {norm}"
+    logger.warning("step %d: %s; step skipped, weights unchanged (%d in a row; the run stops at %d)", step, what,
+                   run.nonfinite_steps, limit)
+    if run.nonfinite_steps >= limit:
+        raise FloatingPointError(
+            f"the loss or the gradients were NaN/inf for {limit} steps in a row (up to step {step}); stopping. "
+            f"The weights were not changed by those steps: {run.out / 'training_state.pt'} and the best model are "
+            "intact. Resume with --resume and a lower --lr or a --clip-norm, or check the data")
 
 
 def lr_of(run: Run) -> float:

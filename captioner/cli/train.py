@@ -132,6 +132,9 @@ def add_run_options(parser: argparse.ArgumentParser, epochs: int, lr: float) -> 
                         help="log the training loss and gradient norm every N steps (default: 50)")
     parser.add_argument("--save-every", type=non_negative_int, default=0, metavar="STEPS",
                         help="also save the resume state every N steps (default: at each epoch's end only)")
+    parser.add_argument("--max-nonfinite-steps", type=positive_int, default=5, metavar="K",
+                        help="a step whose loss or gradients are NaN/inf is skipped with a warning; K such steps "
+                        "in a row stop the run, the last saved state intact (default: 5)")
     parser.add_argument("--keep-checkpoints", type=non_negative_int, default=2, metavar="K",
                         help="earlier resume states kept in OUT/checkpoints (default: 2)")
     parser.add_argument("--resume", action="store_true",
@@ -199,6 +202,7 @@ def train_config(args: argparse.Namespace):
             cache_dir=args.cache_dir,
             num_threads=args.threads, schedule=args.schedule, warmup_steps=args.warmup_steps,
             patience=args.patience, log_every=args.log_every, save_every=args.save_every,
+            max_nonfinite_steps=args.max_nonfinite_steps,
             keep_checkpoints=args.keep_checkpoints,
             freeze=[f.strip() for f in args.freeze.split(",") if f.strip()],
             unfreeze_encoder=args.unfreeze_encoder, encoder_lr=args.encoder_lr, train_bn=args.train_bn,

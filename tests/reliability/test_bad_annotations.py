@@ -1,0 +1,77 @@
+"""Broken annotation files: each refused with one line naming the file and the entry (or, for overlong captions,
+cut with a warning), through ``captioner data check``, ``train`` and ``evaluate``."""
+
+import json
+
+import pytest
+
+from badfiles import photo
+from captioner.cli import main
+
+IMAGES = [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b.jpg"}]
+ANNOTATIONS = [{"id": 10, "image_id": 1, "caption": "a photo of a thing"},
+               {"id": 11, "image_id": 2, "caption": "another photo of a thing"}]
+
+
+def _coco(images=IMAGES, annotations=ANNOTATIONS) -> str:
+    return json.dumps({"images": images, "annotations": annotations})
+
+
+CASES = {  # name: (file text, what the error line must say)
+    "invalid_json": ('{"images": [', "not valid JSON (line 1, column 13"),
+    "missing_annotations": (json.dumps({"images": IMAGES}), "COCO captions need 'images' and 'annotations'"),
+    "missing_file_name": (_coco([{"id": 1}]), "images[0]: needs 'id' and 'file_name'"),
+    "wrong_name_type": (_coco([{"id": 1, "file_name": 5}]), "images[0] (id 1): image name must be a non-empty string"),
+    "caption_not_text": (_coco(annotations=[{"id": 10, "image_id": 1, "caption": 42}]),
+                         "annotations[0] (id 10): caption must be a string, got int 42"),
+    "duplicate_image_id": (_coco(IMAGES + [{"id": 1, "file_name": "b.jpg"}]), "images[2]: duplicate image id 1"),
+    "escapes_images_dir": (_coco([{"id": 1, "file_name": "../secret.jpg"}], ANNOTATIONS[:1]),
+                           "'../secret.jpg' must be a relative path inside the images directory"),
+    "absolute_path": (_coco([{"id": 1, "file_name": "/etc/passwd"}], ANNOTATIONS[:1]),
+                      "'/etc/passwd' must be a relative path inside the images directory"),
+}
+
+
+@pytest.fixture
+def images_dir(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        photo().save(images / name)
+    return images
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_broken_annotations_are_one_line_naming_file_and_entry(case, tmp_path, images_dir, capsys):
+    text, message = CASES[case]
+    path = tmp_path / f"{case}.json"
+    path.write_text(text)
+    for argv in (["data", "check", str(path), "--images", str(images_dir)],
+                 ["train", "--data", str(path), "--images", str(images_dir), "--out", str(tmp_path / "run"),
+                  "--train-split", "all", "--val-split", "none"],
+                 ["evaluate", "--data", str(path), "--images", str(images_dir), "--split", "all"]):
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert str(path) in err and message in err, err
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_empty_captions_are_reported_and_skipped(tmp_path, images_dir, capsys):
+    path = tmp_path / "empty.json"
+    path.write_text(_coco(annotations=ANNOTATIONS + [{"id": 12, "image_id": 1, "caption": "   "}]))
+    assert main(["data", "check", str(path), "--images", str(images_dir)]) == 1
+    assert "split all: 1 empty caption(s)" in capsys.readouterr().out
+
+
+def test_a_10000_word_caption_is_cut_with_a_warning(tmp_path, images_dir, capsys, caplog):
+    path = tmp_path / "long.json"
+    path.write_text(_coco(annotations=ANNOTATIONS + [{"id": 12, "image_id": 1, "caption": "word " * 10_000}]))
+    assert main(["data", "check", str(path), "--images", str(images_dir), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert "cut to 100" in caplog.text and "image a.jpg, 10000 words" in caplog.text
+    assert report["splits"]["all"]["caption_length"]["max"] == 100
+    code = main(["train", "--data", str(path), "--images", str(images_dir), "--out", str(tmp_path / "run"),
+                 "--train-split", "all", "--val-split", "none", "--epochs", "1", "--embed-dim", "8",
+                 "--hidden-dim", "8", "--image-proj-dim", "8", "--cache-dir", str(tmp_path / "cache")])
+    assert code == 0
