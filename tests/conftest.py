@@ -131,3 +131,33 @@ def make_shapes_dataset(root: Path, per_class_train: int = 6, per_class_val: int
 @pytest.fixture(scope="session")
 def shapes_dataset(tmp_path_factory) -> Path:
     return make_shapes_dataset(tmp_path_factory.mktemp("shapes") / "shapes")
+
+
+def start_cli(argv: list[str], code: str = ""):
+    """``captioner ARGV`` in a subprocess (``code`` runs first, e.g. to patch something); returns the Popen."""
+    import subprocess
+    import sys
+
+    program = code + "import sys\nfrom captioner.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    return subprocess.Popen([sys.executable, "-c", program, *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def kill_when_logged(argv: list[str], log: Path, step: int, timeout: float = 240) -> None:
+    """Run ``captioner train`` (``argv``) in a subprocess and SIGKILL it once its ``log.csv`` reaches ``step``."""
+    import signal
+    import time
+
+    proc, deadline = start_cli(argv), time.time() + timeout
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            lines = log.read_text().splitlines()[1:] if log.exists() else []
+            if lines and max(int(line.split(",")[0]) for line in lines) >= step:
+                break
+            time.sleep(0.002)
+        assert proc.poll() is None, "the run ended before it could be killed; make it longer"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()

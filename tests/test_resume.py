@@ -1,18 +1,13 @@
 """Resume after SIGKILL: an interrupted-and-resumed run ends with the same weights as an uninterrupted one."""
 
-import os
 import random
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from captioner.cli import main
-from conftest import make_caption_folder
+from conftest import kill_when_logged, make_caption_folder
 
 TEMPLATES = ["a {c} {s}", "one {c} {s}", "a {s} that is {c}", "there is a {c} {s}", "a {c} {s} on white",
              "the {s} is {c}", "a small {c} {s}", "a big {c} {s}"]
@@ -62,22 +57,7 @@ def test_sigkill_then_resume_gives_the_same_weights(wordy_shapes, tmp_path, phas
     xe_steps = history[2]["step"]  # the last of the 3 cross-entropy epochs
     low, high = (6, xe_steps - 10) if phase == "cross-entropy" else (xe_steps + 1, steps_total - 5)
     kill_after = random.Random().randrange(low, high)
-    exe = [sys.executable, "-m", "captioner.cli.main", *_args(wordy_shapes, tmp_path / "cut", extra)]
-    proc = subprocess.Popen(exe, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
-    log = tmp_path / "cut" / "log.csv"
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            steps = [int(line.split(",")[0]) for line in log.read_text().splitlines()[1:]] if log.exists() else []
-            if steps and max(steps) >= kill_after:
-                break
-            time.sleep(0.005)
-        assert proc.poll() is None, "the run ended before it could be killed; make it longer"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_when_logged(_args(wordy_shapes, tmp_path / "cut", extra), tmp_path / "cut" / "log.csv", kill_after)
     assert (tmp_path / "cut" / "training_state.pt").exists()
     assert main([*_args(wordy_shapes, tmp_path / "cut", extra), "--resume"]) == 0
     whole, cut = _weights(tmp_path / "whole"), _weights(tmp_path / "cut")

@@ -4,9 +4,6 @@ import errno
 import os
 import random
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +11,7 @@ import pytest
 import torch
 
 from captioner.cli import main
-from conftest import make_caption_folder
+from conftest import kill_when_logged, make_caption_folder, start_cli
 
 TEMPLATES = ["a {c} {s}", "one {c} {s}", "a {s} that is {c}", "there is a {c} {s}", "the {s} is {c}"]
 
@@ -53,29 +50,6 @@ def whole(data, tmp_path_factory):
     return root / "run", root / "cache"
 
 
-def _start(argv: list[str], code: str = "") -> subprocess.Popen:
-    program = code + "import sys\nfrom captioner.cli import main\nsys.exit(main(sys.argv[1:]))\n"
-    return subprocess.Popen([sys.executable, "-c", program, *argv], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-
-
-def _kill_at(argv: list[str], out: Path, step: int) -> None:
-    """Run ``captioner train`` in a subprocess and SIGKILL it once its log reaches ``step``."""
-    proc, log, deadline = _start(argv), out / "log.csv", time.time() + 240
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            lines = log.read_text().splitlines()[1:] if log.exists() else []
-            if lines and int(lines[-1].split(",")[0]) >= step:
-                break
-            time.sleep(0.002)
-        assert proc.poll() is None, "the run ended before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-
-
 def _assert_same_run(cut: Path, whole: Path) -> None:
     a, b = _state(whole), _state(cut)
     assert all(torch.equal(a["decoder"][k], b["decoder"][k]) for k in a["decoder"]), "weights differ"
@@ -91,8 +65,8 @@ def test_sigkill_twice_at_seeded_random_steps_then_resume_equals_the_uninterrupt
     total = _state(whole_run)["progress"]["step"]
     first, second = sorted(random.Random(seed).sample(range(2, total - 2), 2))
     cut = tmp_path / "cut"
-    _kill_at(_args(data, cut, cache), cut, first)
-    _kill_at([*_args(data, cut, cache), "--resume"], cut, second)  # killed again while resuming
+    kill_when_logged(_args(data, cut, cache), cut / "log.csv", first)
+    kill_when_logged([*_args(data, cut, cache), "--resume"], cut / "log.csv", second)  # killed again while resuming
     assert main([*_args(data, cut, cache), "--resume"]) == 0
     _assert_same_run(cut, whole_run)
 
@@ -114,7 +88,7 @@ torch.save = save
 def test_a_kill_while_the_state_is_written_keeps_the_previous_one(data, whole, tmp_path):
     whole_run, cache = whole
     cut = tmp_path / "cut"
-    proc = _start(_args(data, cut, cache), KILL_IN_SAVE.format(n=3))
+    proc = start_cli(_args(data, cut, cache), KILL_IN_SAVE.format(n=3))
     assert proc.wait(240) == -signal.SIGKILL
     state = _state(cut)  # the second save, whole: the killed third write never replaced it
     assert state["progress"]["step"] == 8
