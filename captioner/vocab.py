@@ -38,6 +38,7 @@ class Vocabulary:
         self.itos: list[str] = list(SPECIAL_TOKENS)
         self.stoi: dict[str, int] = {t: i for i, t in enumerate(self.itos)}
         self.counts: dict[str, int] = dict(counts or {})
+        self.extra: list[str] = []  # words added for guided decoding only: not counted, not saved
         for word in words:
             self.add(word)
 
@@ -64,6 +65,15 @@ class Vocabulary:
             self.itos.append(word)
         return self.stoi[word]
 
+    def add_extra(self, word: str) -> int:
+        """The id of a word guided decoding may write although the model never learned it: ids from
+        ``len(self)`` on, outside the vocabulary proper (``len``, ``encode`` and ``save`` ignore them)."""
+        if word in self.stoi:
+            return self.stoi[word]
+        if word not in self.extra:
+            self.extra.append(word)
+        return len(self.itos) + self.extra.index(word)
+
     def __len__(self) -> int:
         return len(self.itos)
 
@@ -89,7 +99,11 @@ class Vocabulary:
                 break
             if i in (self.pad_id, self.start_id):
                 continue
-            words.append(self.itos[i] if 0 <= i < len(self.itos) else UNK)
+            if 0 <= i < len(self.itos):
+                words.append(self.itos[i])
+            else:
+                extra = i - len(self.itos)
+                words.append(self.extra[extra] if 0 <= extra < len(self.extra) else UNK)
         return " ".join(words)
 
     def to_dict(self) -> dict:
