@@ -41,6 +41,12 @@ class GenerationConfig:
         no_repeat_ngram: never generate an n-gram of this size twice in one caption ("a red shirt and a red
             shirt" with 2); 0 turns the guard off; None (default) uses the model's own setting
             (``ModelConfig.no_repeat_ngram``, 0 for models that have none, so they caption as they always did).
+        guided: tag-guided decoding: the encoder's ImageNet tags whose probability reaches ``tag_threshold`` (at
+            most ``max_tags``) must appear in the caption (constrained beam search, :mod:`captioner.guided`).
+        tags: words every image's caption must contain (guided decoding with given tags instead of the
+            encoder's).
+        tag_threshold: the probability an image tag needs (summed over the ImageNet classes that map to its word).
+        max_tags: at most this many tags per image.
     """
 
     method: str = "beam"
@@ -53,6 +59,10 @@ class GenerationConfig:
     seed: int | None = None
     return_attention: bool = False
     no_repeat_ngram: int | None = None
+    guided: bool = False
+    tags: tuple[str, ...] | None = None
+    tag_threshold: float = 0.1
+    max_tags: int = 2
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -65,6 +75,12 @@ class GenerationConfig:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if self.no_repeat_ngram is not None:
             check_no_repeat_ngram(self.no_repeat_ngram)
+        if not 0 < self.tag_threshold <= 1:
+            raise ValueError(f"tag_threshold is a probability in (0, 1], got {self.tag_threshold}")
+        if self.max_tags < 1:
+            raise ValueError(f"max_tags must be at least 1, got {self.max_tags}")
+        if (self.guided or self.tags) and self.method == "sample":
+            raise ValueError("guided decoding searches (beam or greedy); it cannot sample")
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import json
 import logging
 import os
 import shutil
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL_DIR = Path(__file__).parent / "pretrained" / "default"
 MODEL_FILES = ("model.safetensors", "config.json", "vocab.json")
 IMAGE_MEAN_FILE = "image_mean.safetensors"  # optional: the training images' mean features (captioner visualize)
+TAG_CALIBRATION_FILE = "tag_calibration.json"  # optional: how reliable each image-tag word was (guided decoding)
 
 
 class ModelLoadError(RuntimeError):
@@ -120,6 +122,7 @@ class Captioner(ImageCaptioning, nn.Module):
         self._encoder = encoder
         self._transform = None
         self.image_mean: torch.Tensor | None = None  # mean features of the training images, (D,) or (L, C)
+        self.tag_calibration: dict | None = None  # tag_calibration.json: how reliable each image tag word was
 
     @property
     def config(self) -> ModelConfig:
@@ -159,10 +162,15 @@ class Captioner(ImageCaptioning, nn.Module):
         pixels = pixels.to(self.device).contiguous(memory_format=torch.channels_last)
         return enc(pixels).float()
 
-    def caption_features(self, features: torch.Tensor, config: GenerationConfig | None = None) -> list[list[Hypothesis]]:
+    def caption_features(self, features: torch.Tensor,
+                         config: GenerationConfig | None = None) -> list[list[Hypothesis]]:
         """Search captions for image features (``(B, D)`` or ``(B, L, D)``, as :meth:`encode` gives them); see
         :func:`captioner.generate.generate`."""
         self.decoder.eval()
+        if config is not None and (config.guided or config.tags):
+            from captioner.guided import guided_captions
+
+            return guided_captions(self, features, config)
         return generate(self.decoder, features.to(self.device), self.vocab, config)
 
     # --- persistence -------------------------------------------------------------------------------------
@@ -201,6 +209,8 @@ class Captioner(ImageCaptioning, nn.Module):
         (tmp / "README.md").write_text(card or _default_card(self.config), encoding="utf-8")
         if self.image_mean is not None:
             save_file({"mean": self.image_mean.detach().float().cpu().contiguous()}, str(tmp / IMAGE_MEAN_FILE))
+        if self.tag_calibration is not None:
+            (tmp / TAG_CALIBRATION_FILE).write_text(json.dumps(self.tag_calibration, indent=0), encoding="utf-8")
         for path in tmp.iterdir():
             path.chmod(0o644)  # safetensors writes its file private; a model is meant to be shared
 
@@ -253,6 +263,7 @@ class Captioner(ImageCaptioning, nn.Module):
             raise ModelLoadError(f"{directory / 'model.safetensors'} does not fit config.json and vocab.json "
                                  f"({first}); the files come from different models") from None
         model.image_mean = _load_image_mean(directory, config)
+        model.tag_calibration = _load_tag_calibration(directory)
         return model.to(device).eval()
 
 
@@ -275,6 +286,21 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     except (SafetensorError, OSError, ValueError) as err:
         raise ModelLoadError(f"{path} is not a readable safetensors file ({err}); it is truncated or corrupt: "
                              "copy or train the model again") from None
+
+
+def _load_tag_calibration(directory: Path) -> dict | None:
+    """The directory's tag calibration (None: none, or unreadable, which is logged)."""
+    path = directory / TAG_CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not {"min_precision", "min_count", "words"} <= set(data):
+            raise ValueError("missing keys")
+        return data
+    except (OSError, ValueError, AttributeError) as err:
+        logger.warning("ignoring %s: %s", path, err)
+        return None
 
 
 def _load_image_mean(directory: Path, config: ModelConfig) -> torch.Tensor | None:

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from captioner.cli.common import (
-    CliError, add_decoding_options, add_device_option, add_image_options, add_model_option, apply_image_options,
-    generation_config, load_model, positive_int,
+    CliError, add_decoding_options, add_device_option, add_guided_options, add_image_options, add_model_option,
+    apply_image_options, generation_config, load_model, positive_int,
 )
 
 
@@ -24,6 +24,9 @@ def add_parser(sub) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or directories")
     add_model_option(parser)
     add_decoding_options(parser)
+    add_guided_options(parser)
+    parser.add_argument("--tags", action="store_true",
+                        help="also print each image's tags with their probabilities (--json: a 'tags' list)")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="images per batch (default: 16)")
     parser.add_argument("--json", action="store_true",
                         help='print one JSON object per line: {"image", "caption", "log_prob"}')
@@ -58,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
 
     apply_image_options(args)
     config = generation_config(args)
+    if args.backend != "torch" and (args.guided or args.tags):
+        raise CliError("--guided and --tags need the PyTorch backend (the encoder's ImageNet head); drop "
+                       "--backend onnxruntime")
     model = load_backend(args)
     errors = 0
     batch: list[tuple[Path, object]] = []
@@ -71,9 +77,9 @@ def run(args: argparse.Namespace) -> int:
             errors += 1
             print(f"error: {path}: {problem}", file=sys.stderr, flush=True)
         if len(batch) >= args.batch_size:
-            _emit(model, batch, config, args.json)
+            _emit(model, batch, config, args)
             batch = []
-    _emit(model, batch, config, args.json)
+    _emit(model, batch, config, args)
     return 1 if errors else 0
 
 
@@ -94,13 +100,31 @@ def load_backend(args: argparse.Namespace):
         raise CliError(f"cannot load ONNX export {args.model}: {err}") from None
 
 
-def _emit(model, batch: list, config, as_json: bool) -> None:
-    """Caption one batch of loaded images and print the results."""
-    hyps = model.caption_images([img for _, img in batch], config)
-    for (path, _), best in zip(batch, (h[0] for h in hyps)):
+def _emit(model, batch: list, config, args: argparse.Namespace) -> None:
+    """Caption one batch of loaded images and print the results (with ``--tags``, each image's tags)."""
+    if not batch:
+        return
+    tags = [None] * len(batch)
+    if args.tags:
+        import torch
+
+        from captioner.tags import image_tags
+
+        features = model.encode(torch.stack([model.transform(img) for _, img in batch]))
+        tags = image_tags(model, features, config.tag_threshold, config.max_tags)
+        hyps = model.caption_features(features, config)
+    else:
+        hyps = model.caption_images([img for _, img in batch], config)
+    for (path, _), best, found in zip(batch, (h[0] for h in hyps), tags):
         text = model.vocab.decode(best.tokens)
-        if as_json:
-            print(json.dumps({"image": str(path), "caption": text, "log_prob": round(best.log_prob, 6)}))
+        if args.json:
+            row = {"image": str(path), "caption": text, "log_prob": round(best.log_prob, 6)}
+            if found is not None:
+                row["tags"] = [{"word": t.word, "prob": round(t.prob, 4)} for t in found]
+            print(json.dumps(row))
+        elif found is not None:
+            listed = ", ".join(f"{t.word} {t.prob:.2f}" for t in found) or "-"
+            print(f"{path}\t{text}\t[{listed}]")
         else:
             print(f"{path}\t{text}")
     sys.stdout.flush()

@@ -76,6 +76,30 @@ def add_decoding_options(parser: argparse.ArgumentParser, beam_size: int = 3) ->
     )
 
 
+def _tag_threshold(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"expected a probability in (0, 1], got {text}")
+    return value
+
+
+def add_guided_options(parser: argparse.ArgumentParser) -> None:
+    """``--guided``, ``--tag-threshold`` and ``--max-tags``: tag-guided decoding."""
+    parser.add_argument(
+        "--guided", action="store_true",
+        help="tag-guided decoding: the encoder's confident ImageNet tags (e.g. 'cat', 'coffee') must appear in the "
+        "caption (constrained beam search); words the decoder never learned get rows for this")
+    parser.add_argument(
+        "--tag-threshold", type=_tag_threshold, default=0.1, metavar="P",
+        help="probability a tag needs, summed over the ImageNet classes that map to its word (default: 0.1, "
+        "chosen on Flickr8k val and COCO images: docs/ablation.md)")
+    parser.add_argument("--max-tags", type=positive_int, default=2, metavar="N",
+                        help="at most N tags per image (default: 2)")
+
+
 def resolve_device(name: str):
     from captioner.model import resolve_device as resolve
 
@@ -100,7 +124,9 @@ def generation_config(args: argparse.Namespace):
 
     method = "greedy" if args.beam_size == 1 else "beam"
     return GenerationConfig(method=method, beam_size=args.beam_size, max_length=args.max_length,
-                            no_repeat_ngram=getattr(args, "no_repeat_ngram", None))
+                            no_repeat_ngram=getattr(args, "no_repeat_ngram", None),
+                            guided=getattr(args, "guided", False),
+                            tag_threshold=getattr(args, "tag_threshold", 0.1), max_tags=getattr(args, "max_tags", 2))
 
 
 def check_writable_dir(path: Path, what: str) -> None:

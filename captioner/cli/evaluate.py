@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 from captioner.cli.common import (
-    CliError, add_dataset_options, add_decoding_options, add_device_option, add_image_options, add_model_option,
-    apply_image_options, positive_int,
+    CliError, add_dataset_options, add_decoding_options, add_device_option, add_guided_options, add_image_options,
+    add_model_option, apply_image_options, positive_int,
 )
 
 
@@ -26,6 +26,7 @@ def add_parser(sub) -> None:
     add_dataset_options(parser)
     parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
     add_decoding_options(parser)
+    add_guided_options(parser)
     parser.add_argument("--batch-size", type=positive_int, default=128, help="images per batch (default: 128)")
     parser.add_argument("--limit", type=int, default=0, help="evaluate the first N images only; 0 = all")
     parser.add_argument("--out", metavar="FILE", help="write the report as JSON here")

@@ -1,0 +1,121 @@
+import dataclasses
+import json
+import re
+
+import pytest
+import torch
+
+from captioner.cli import main
+from captioner.constrained import constrained_search
+from captioner.encoders import imagenet_categories
+from captioner.generate import GenerationConfig, generate
+from captioner.model import Captioner, complete_config
+from captioner.tags import tag_table
+from conftest import SAMPLES, tiny_config
+
+
+def _model(vocab, seed=0, **overrides):
+    torch.manual_seed(seed)
+    return Captioner(complete_config(tiny_config(len(vocab), **overrides), len(vocab)), vocab).eval()
+
+
+def test_every_imagenet_class_maps_to_a_caption_word():
+    table = tag_table()
+    assert [e["category"] for e in table] == imagenet_categories() and len(table) == 1000
+    for entry in table:
+        assert re.fullmatch(r"[a-z]+( [a-z]+)?", entry["word"]), entry
+        assert entry["group"] in {"animal", "food", "plant", "place", "person", "object"}
+    words = {e["category"]: e["word"] for e in table}
+    assert words["tabby"] == words["Egyptian cat"] == "cat" and words["golden retriever"] == "dog"
+    assert words["espresso"] == "coffee" and words["space shuttle"] == "rocket"
+
+
+@pytest.mark.parametrize("inject", ["every_step", "attention"])
+@pytest.mark.parametrize("beam, penalty, n_best", [(1, 0.0, 1), (3, 0.0, 1), (4, 0.0, 3), (3, 0.7, 2)])
+def test_without_constraints_it_is_plain_beam_search_exactly(vocab, inject, beam, penalty, n_best):
+    for seed in range(3):
+        model = _model(vocab, seed, inject=inject, attention_dim=8)
+        features = torch.randn(2, *model.config.feature_shape())
+        config = GenerationConfig(method="beam", beam_size=beam, max_length=9, length_penalty=penalty,
+                                  n_best=n_best, no_repeat_ngram=2)
+        for i in range(2):  # image by image, as guided decoding runs (a batch's matmuls may round differently)
+            plain = generate(model.decoder, features[i : i + 1], vocab, config)[0]
+            guided = constrained_search(model.decoder, features[i : i + 1], vocab, config, [])
+            assert [(h.tokens, h.log_prob, h.finished) for h in guided] == [
+                (h.tokens, h.log_prob, h.finished) for h in plain]
+
+
+def _contains(tokens, phrase):
+    return any(tokens[i : i + len(phrase)] == phrase for i in range(len(tokens) - len(phrase) + 1))
+
+
+@pytest.mark.parametrize("inject", ["every_step", "init_only", "attention"])
+def test_constrained_beams_contain_their_constraints_when_they_fit(vocab, inject):
+    words = [w for w in vocab.itos[4:]]
+    for seed in range(6):
+        model = _model(vocab, seed, inject=inject, attention_dim=8)
+        generator = torch.Generator().manual_seed(seed)
+        picks = torch.randperm(len(words), generator=generator)[:3].tolist()
+        constraints = [[vocab.stoi[words[picks[0]]]], [vocab.stoi[words[picks[1]]], vocab.stoi[words[picks[2]]]]]
+        config = GenerationConfig(beam_size=3, max_length=8, no_repeat_ngram=0, n_best=2)
+        hyps = constrained_search(model.decoder, torch.randn(1, *model.config.feature_shape()), vocab, config,
+                                  constraints)
+        for hyp in hyps:
+            assert all(_contains(hyp.tokens, c) for c in constraints), (hyp.tokens, constraints)
+
+
+def test_guided_captions_name_given_tags_even_unknown_words_and_leave_plain_decoding_alone(vocab):
+    model = _model(vocab)
+    features = torch.randn(3, *model.config.feature_shape())
+    plain = GenerationConfig(beam_size=3, max_length=10)
+    before = [[h.tokens for h in hyps] for hyps in model.caption_features(features, plain)]
+    size = len(model.vocab)
+    guided = model.caption_features(features, dataclasses.replace(plain, tags=("zebra", "square")))
+    for hyps in guided:
+        words = model.vocab.decode(hyps[0].tokens).split()
+        assert "zebra" in words and "square" in words
+    assert len(model.vocab) == size and model.config.vocab_size == size  # nothing the model saves has changed
+    assert [[h.tokens for h in hyps] for hyps in model.caption_features(features, plain)] == before
+
+
+def test_guided_decoding_works_with_ensembles_of_attention_decoders(vocab):
+    model = _model(vocab, inject="attention", attention_dim=8, num_decoders=2)
+    features = torch.randn(2, *model.config.feature_shape())
+    hyps = model.caption_features(features, GenerationConfig(max_length=10, tags=("zebra",)))
+    assert all("zebra" in model.vocab.decode(h[0].tokens).split() for h in hyps)
+
+
+def test_tags_come_from_the_encoders_imagenet_head(tiny_model, tmp_path, capsys):
+    tiny_model.save_pretrained(tmp_path / "m")
+    assert main(["caption", str(SAMPLES / "chelsea.jpg"), "--model", str(tmp_path / "m"), "--tags", "--json",
+                 "--tag-threshold", "0.05", "--guided"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["tags"] and row["tags"][0]["word"] == "cat" and row["tags"][0]["prob"] >= 0.05
+    assert all(t["word"] in row["caption"].split() for t in row["tags"])
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "-0.1", "nan", "high"])
+def test_a_bad_tag_threshold_is_one_clear_error(value, capsys):
+    assert main(["caption", str(SAMPLES / "chelsea.jpg"), "--guided", "--tag-threshold", value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: argument --tag-threshold: expected a probability in (0, 1]")
+    assert len(err.splitlines()) == 1
+    with pytest.raises(ValueError, match="tag_threshold"):
+        GenerationConfig(guided=True, tag_threshold=0.0)
+
+
+def test_a_models_tag_calibration_leaves_out_unreliable_words_and_is_saved_with_it(tiny_model, tmp_path):
+    from captioner.images import load_image
+    from captioner.tags import image_tags, suppressed_words
+
+    calibration = {"min_precision": 0.3, "min_count": 10,
+                   "words": {"cat": [1, 40], "dog": [30, 40], "rare": [0, 3]}}
+    assert suppressed_words(calibration) == {"cat"}  # 'rare' was tagged too seldom to judge
+    features = tiny_model.encode(tiny_model.transform(load_image(SAMPLES / "chelsea.jpg")).unsqueeze(0))
+    assert [t.word for t in image_tags(tiny_model, features, 0.05)[0]][:1] == ["cat"]
+    tiny_model.tag_calibration = calibration
+    assert "cat" not in [t.word for t in image_tags(tiny_model, features, 0.05)[0]]
+    tiny_model.save_pretrained(tmp_path / "m")
+    assert Captioner.from_pretrained(tmp_path / "m").tag_calibration == calibration
+    (tmp_path / "m" / "tag_calibration.json").write_text("{broken")
+    assert Captioner.from_pretrained(tmp_path / "m").tag_calibration is None  # ignored with a warning
