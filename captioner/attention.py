@@ -27,6 +27,7 @@ from torch import nn
 
 from captioner.config import ModelConfig
 from captioner.decoder import DecoderStep, Dropout, initial_state, map_tensors, select_context, state_width
+from captioner.recurrence import Weights, attention_lstm
 
 _CELLS = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
 
@@ -160,14 +161,16 @@ class AttentionDecoder(nn.Module):
                 h, c = _lstm_cell(gates, state[0][layer], state[1][layer], cell)
                 new_c.append(c)
             else:
-                h = _gru_cell(gates, state[layer], cell) if self.config.cell == "gru" else _rnn_cell(gates, state[layer],
-                                                                                                   cell)
+                step = _gru_cell if self.config.cell == "gru" else _rnn_cell
+                h = step(gates, state[layer], cell)
             new_h.append(h)
         hidden = torch.stack(new_h)  # (layers, B, H)
         return new_h[-1], ((hidden, torch.stack(new_c)) if self.is_lstm else hidden), alpha
 
+    packs_logits = True  # forward(..., packed=True) is available (captioner.train uses it)
+
     def forward(self, features: torch.Tensor, tokens: torch.Tensor, image_index: torch.Tensor | None = None,
-                return_attention: bool = False):
+                return_attention: bool = False, packed: bool = False):
         """Teacher-forced logits.
 
         Rows are processed longest first and each step runs only the rows whose caption is still going, so padding
@@ -180,10 +183,13 @@ class AttentionDecoder(nn.Module):
             image_index: ``(B,)`` row of ``features`` for each caption (None: ``N == B``); each image's locations
                 are then projected once however many captions it has.
             return_attention: also return the attention weights.
+            packed: return the logits of real positions only, ``(N, V)`` with N the captions' total length, and
+                ``(N,)`` their positions in ``tokens.reshape(-1)`` (so the loss never sees padding, and no
+                ``(B, T, V)`` tensor is built).
 
         Returns:
-            Logits ``(B, T, V)`` (position t predicts token t+1), and with ``return_attention`` the weights
-            ``(B, T, L)`` (zeros after a caption's end).
+            Logits ``(B, T, V)`` (position t predicts token t+1), or with ``packed`` the pair ``(logits, positions)``;
+            with ``return_attention`` also the weights ``(B, T, L)`` (zeros after a caption's end).
         """
         context, state = self.start(features)
         batch, steps = tokens.shape
@@ -197,26 +203,67 @@ class AttentionDecoder(nn.Module):
         active = [n for n in active if n]  # non-increasing: the steps up to the longest caption
         slots = torch.cat([torch.arange(n, device=tokens.device) * steps + t for t, n in enumerate(active)])
         real = tokens.index_select(0, order).reshape(-1).index_select(0, slots)  # (sum of lengths,) step by step
-        word_gates = self._word_gates(self.dropout(self.embed(real))).split(active)  # T views (n_t, G*H): no padding
-        context_weight = self._context_weight()
-        hiddens, alphas = [], []
-        prefix, width = context, batch
-        for t, n in enumerate(active):
-            if n != width:  # a slice of the previous slice: its gradient is the previous slice's size, not (B, ...)
-                prefix, width = map_tensors(lambda s: s[:n], prefix), n
-            h, state, alpha = self._recur(word_gates[t], context_weight, prefix,
-                                          map_tensors(lambda s: s[:, :n], state))
-            hiddens.append(h)  # rows past n have ended: later steps never need them
-            alphas.append(alpha)
-        logits = self.head(self.dropout(torch.cat(hiddens)))  # (sum of lengths, V): one product for all steps
+        word_gates = self._word_gates(self.dropout(self.embed(real)))  # (sum of lengths, G*H) step by step
+        if self._fused_recurrence():
+            hiddens, weights = self._run_fused(word_gates, active, context, state)
+        else:
+            hiddens, weights = self._run_steps(word_gates, active, context, state)
+        logits = _aligned_linear(self.head, self.dropout(hiddens))  # (sum of lengths, V): one product for all steps
         unsort = order.argsort()
-        out = logits.new_zeros(batch * steps, logits.shape[1]).index_copy(0, slots, logits)
-        out_logits = out.view(batch, steps, -1).index_select(0, unsort)  # (B, T, V)
+        if packed:  # slot r * T + t of the sorted batch is row order[r], step t of tokens
+            out_logits = (logits, order.index_select(0, slots.div(steps, rounding_mode="floor")) * steps
+                          + slots.remainder(steps))
+        else:
+            out = logits.new_zeros(batch * steps, logits.shape[1]).index_copy(0, slots, logits)
+            out_logits = out.view(batch, steps, -1).index_select(0, unsort)  # (B, T, V)
         if not return_attention:
             return out_logits
-        weights = torch.cat(alphas)  # (sum of lengths, L)
         weights = weights.new_zeros(batch * steps, weights.shape[1]).index_copy(0, slots, weights)
         return out_logits, weights.view(batch, steps, -1).index_select(0, unsort)  # (B, T, L)
+
+
+    def _fused_recurrence(self) -> bool:
+        """Whether teacher forcing runs as one autograd node (:mod:`captioner.recurrence`): a one-layer LSTM outside
+        autocast (mixed precision keeps the step-by-step loop, whose products autocast casts one by one)."""
+        return (self.is_lstm and self.config.num_layers == 1
+                and not torch.is_autocast_enabled(self.head.weight.device.type))
+
+    def _run_fused(self, word_gates: torch.Tensor, active: list[int], context: AttentionContext,
+                   state) -> tuple[torch.Tensor, torch.Tensor]:
+        """The recurrence over packed steps in one autograd node: hidden states ``(N, H)``, weights ``(N, L)``."""
+        cell, attention = self.rnn[0], self.attention
+        gate = attention.gate
+        weights = Weights(self._context_weight(), cell.weight_hh, cell.bias_hh, attention.query.weight,
+                          attention.score.weight, gate.weight if gate is not None else None,
+                          gate.bias if gate is not None else None)
+        return attention_lstm(word_gates, active, context.keys, context.values, state[0][0], state[1][0], weights)
+
+    def _run_steps(self, word_gates: torch.Tensor, active: list[int], context: AttentionContext,
+                   state) -> tuple[torch.Tensor, torch.Tensor]:
+        """The recurrence step by step under autograd (any cell and depth): hidden states ``(N, H)`` of the top
+        layer and attention weights ``(N, L)``, packed step by step."""
+        context_weight = self._context_weight()
+        hiddens, alphas = [], []
+        prefix, width = context, active[0]
+        for n, gates in zip(active, word_gates.split(active)):
+            if n != width:  # a slice of the previous slice: its gradient is the previous slice's size, not (B, ...)
+                prefix, width = map_tensors(lambda s: s[:n], prefix), n
+            h, state, alpha = self._recur(gates, context_weight, prefix, map_tensors(lambda s: s[:, :n], state))
+            hiddens.append(h)  # rows past n have ended: later steps never need them
+            alphas.append(alpha)
+        return torch.cat(hiddens), torch.cat(alphas)
+
+
+def _aligned_linear(linear: nn.Linear, x: torch.Tensor, multiple: int = 64) -> torch.Tensor:
+    """``linear(x)`` for many rows ``(N, in)`` → ``(N, out)``, with the output width padded to a multiple of 64 by
+    zero rows on the CPU, where a vocabulary-sized width like 2431 makes the forward and backward products ~10%
+    slower than an aligned one (the extra columns are cut off again; their gradients are zero)."""
+    pad = -linear.out_features % multiple
+    if not pad or x.device.type != "cpu":
+        return linear(x)
+    weight = torch.cat([linear.weight, linear.weight.new_zeros(pad, linear.in_features)])
+    bias = torch.cat([linear.bias, linear.bias.new_zeros(pad)]) if linear.bias is not None else None
+    return nn.functional.linear(x, weight, bias)[:, : linear.out_features]
 
 
 def _lstm_cell(gates: torch.Tensor, h: torch.Tensor, c: torch.Tensor, cell: nn.LSTMCell):
