@@ -233,6 +233,23 @@ def _xe_step(run: Run, batch: list[int]) -> tuple[float, float, dict]:
     return value, norm, {}
 
 
+def _teacher_forced(decoder: nn.Module, module: nn.Module, features: torch.Tensor, image_index: torch.Tensor,
+                    inputs: torch.Tensor, targets: torch.Tensor, attention: bool):
+    """Teacher-forced logits with their targets, ``(N, V)`` and ``(N,)``, and the attention weights ``(B, T, L)``
+    when ``attention`` (else None). ``decoder`` is what is called (DDP's wrapper or the module itself); a decoder
+    that packs its logits gives the real positions only, others ``(B * T, V)`` with padding (which the loss
+    ignores)."""
+    extra = {"packed": True} if getattr(module, "packs_logits", False) else {}
+    if attention:
+        logits, weights = decoder(features, inputs, image_index=image_index, return_attention=True, **extra)
+    else:
+        logits, weights = decoder(features, inputs, image_index=image_index, **extra), None
+    if extra:
+        logits, positions = logits  # (N, V), (N,)
+        return logits, targets.reshape(-1).index_select(0, positions), weights
+    return logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), weights
+
+
 def _train_mode(run: Run) -> None:
     run.model.decoder.train()
     if run.trainable_encoder:
@@ -255,11 +272,9 @@ def _train_step(run: Run, rows: torch.Tensor, inputs: torch.Tensor, targets: tor
     decoder = run.net or run.model.decoder
     with torch.autocast(device_type=run.device.type, dtype=run.amp_dtype or torch.float32,
                         enabled=run.amp_dtype is not None):
-        if penalty:
-            logits, weights = decoder(features, inputs, image_index=image_index, return_attention=True)
-        else:
-            logits, weights = decoder(features, inputs, image_index=image_index), None  # (B, T, V)
-        loss = run.loss_fn(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+        logits, targets, weights = _teacher_forced(decoder, run.model.decoder, features, image_index, inputs,
+                                                   targets, bool(penalty))
+        loss = run.loss_fn(logits.float(), targets)
         if weights is not None:
             loss = loss + penalty * doubly_stochastic_penalty(weights)  # weights (B, T, L)
     if not run.dist.active:

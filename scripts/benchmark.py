@@ -631,8 +631,9 @@ NOTES = [
     "caption_images_per_s: the captioner caption path (load_model, load_image, model.caption_images, decode), "
     "model load and a warm-up batch excluded; caption_cli_images_per_s: the real CLI over the 1000-image folder "
     "less one cold single-image run.",
-    "peak_rss_mb: the larger of peak_rss_mb_training (a child that loads the whole train split's cached features "
-    "as captioner train does, runs steps and one validation; read before the naive loop builds the encoder) and "
+    "peak_rss_mb: the larger of peak_rss_mb_training (a child that sets up the train split as captioner train "
+    "does, reading cached features batch by batch, runs steps and one validation; read before the naive loop "
+    "builds the encoder; with a cold cache the setup extracts the features and the peak includes that) and "
     "peak_rss_mb_caption (captioner caption over the image folder); both via the process's own ru_maxrss.",
 ]
 
