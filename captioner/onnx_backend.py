@@ -33,6 +33,32 @@ class ExportLoadError(RuntimeError):
     """A directory that is not a usable ONNX export; the message says what to do."""
 
 
+def default_export_dir() -> Path:
+    """Where the embedded default model's ONNX export is kept: ``onnx/default-VERSION-HASH`` in
+    :func:`captioner.data.cache.cache_root`, keyed by captioner's version and the weights' SHA-256, so an upgrade
+    or other weights get a fresh export."""
+    from captioner import __version__
+    from captioner.data.cache import cache_root, file_sha256
+    from captioner.model import DEFAULT_MODEL_DIR
+
+    digest = file_sha256(DEFAULT_MODEL_DIR / "model.safetensors")[:16]
+    return cache_root() / "onnx" / f"default-{__version__}-{digest}"
+
+
+def default_export() -> Path:
+    """The default model's export directory, written on first use (a few seconds; later runs load it)."""
+    directory = default_export_dir()
+    if (directory / MANIFEST).is_file():
+        return directory
+    from captioner.model import Captioner
+    from captioner.onnx_export import export_onnx, require_onnx
+
+    require_onnx()
+    logger.warning("exporting the default model for ONNX Runtime, once, to %s", directory)
+    export_onnx(Captioner.from_pretrained("default", device="cpu"), directory)
+    return directory
+
+
 def check_export_dir(directory: Path) -> dict:
     """Read and check an export directory's manifest.
 

@@ -192,7 +192,6 @@ def test_export_refuses_to_replace_without_overwrite(model_dir, tmp_path, capsys
 @pytest.mark.parametrize("extra, needle", [
     (["--model", "MODEL"], "captioner export --model"),
     (["--model", "NOWHERE"], "not a directory"),
-    ([], "captioner export --out"),
     (["--model", "MODEL", "--device", "cuda"], "CPU only"),
 ])
 def test_the_onnxruntime_backend_needs_an_export(model_dir, tmp_path, capsys, extra, needle):
@@ -200,6 +199,33 @@ def test_the_onnxruntime_backend_needs_an_export(model_dir, tmp_path, capsys, ex
     image = tmp_path / "red.png"
     Image.new("RGB", (40, 30), (200, 10, 10)).save(image)
     _one_error_line(capsys, main(["caption", str(image), "--backend", "onnxruntime", *extra]), needle)
+
+
+def test_the_default_model_is_exported_into_the_cache_once(tiny_exports, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import captioner.onnx_backend as backend
+    import captioner.onnx_export as exporter
+
+    monkeypatch.setenv("CAPTIONER_CACHE", str(tmp_path / "cache"))
+    target = backend.default_export_dir()
+    assert target.parent == tmp_path / "cache" / "onnx" and target.name.startswith("default-")
+    model, exported = tiny_exports["attention"]
+    calls = []
+
+    def fake_export(what, directory):  # the real default takes ~30 s to export: stand in a tiny model's export
+        calls.append(directory)
+        shutil.copytree(exported.directory, directory)
+
+    monkeypatch.setattr(exporter, "export_onnx", fake_export)
+    monkeypatch.setattr(Captioner, "from_pretrained", classmethod(lambda cls, *a, **k: model))
+    image = tmp_path / "red.png"
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(image)
+    for _ in range(2):
+        assert main(["caption", str(image), "--backend", "onnxruntime", "--beam-size", "1"]) == 0
+    assert calls == [target]  # exported on first use only
+    want = model.caption([load_image(image)], GenerationConfig(method="greedy"))[0]
+    assert capsys.readouterr().out.splitlines()[-1].endswith(want)
 
 
 def test_a_corrupt_graph_is_one_error_line(tiny_exports, tmp_path, capsys):

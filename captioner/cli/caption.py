@@ -34,8 +34,8 @@ def add_parser(sub) -> None:
     add_device_option(parser)
     parser.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
                         help="run the model with PyTorch, or with ONNX Runtime on CPU from a directory written by "
-                        "`captioner export` given as --model (same search, same captions; faster encoder) "
-                        "(default: torch)")
+                        "`captioner export` given as --model (same search, same captions; faster encoder; the "
+                        "default model is exported into the cache on first use) (default: torch)")
     parser.set_defaults(run=run)
 
 
@@ -89,15 +89,18 @@ def load_backend(args: argparse.Namespace):
         return load_model(args.model, args.device)
     if args.device == "cuda":
         raise CliError("--backend onnxruntime runs on CPU only; drop --device cuda or use --backend torch")
-    if args.model == "default":
-        raise CliError("--backend onnxruntime needs an export: run `captioner export --out EXPORT_DIR` (the default "
-                       "model) and pass --model EXPORT_DIR")
-    from captioner.onnx_backend import ExportLoadError, OnnxCaptioner
+    from captioner.onnx_backend import ExportLoadError, OnnxCaptioner, default_export
+    from captioner.onnx_export import ExportError
 
+    directory = args.model
     try:
-        return OnnxCaptioner(args.model)
+        if args.model == "default":
+            directory = default_export()  # exported into the user cache on first use
+        return OnnxCaptioner(directory)
+    except ExportError as err:
+        raise CliError(str(err)) from None
     except (ExportLoadError, ValueError, OSError) as err:
-        raise CliError(f"cannot load ONNX export {args.model}: {err}") from None
+        raise CliError(f"cannot load ONNX export {directory}: {err}") from None
 
 
 def _emit(model, batch: list, config, args: argparse.Namespace) -> None:

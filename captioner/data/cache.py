@@ -34,10 +34,15 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 
+def cache_root() -> Path:
+    """captioner's cache directory: ``$CAPTIONER_CACHE`` or ``$XDG_CACHE_HOME/captioner`` (``~/.cache/captioner``)."""
+    root = os.environ.get("CAPTIONER_CACHE")
+    return Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "captioner"
+
+
 def default_cache_dir() -> Path:
-    """``$CAPTIONER_CACHE`` or ``$XDG_CACHE_HOME/captioner`` (``~/.cache/captioner``), plus ``/features``."""
-    root = os.environ.get("CAPTIONER_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "captioner"
-    return Path(root) / "features"
+    """The feature cache: :func:`cache_root` plus ``/features``."""
+    return cache_root() / "features"
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
