@@ -124,11 +124,18 @@ def generate(
     if config.return_attention and not decoder.config.attention:
         raise ValueError("return_attention needs a model that attends (inject 'attention'); this model reads one "
                          f"pooled image vector (inject {decoder.config.inject!r})")
-    if config.no_repeat_ngram is None:
-        config = dataclasses.replace(config, no_repeat_ngram=getattr(decoder.config, "no_repeat_ngram", 0))
+    config = with_model_defaults(config, decoder)
     if config.method == "beam":
         return _beam_search(decoder, features, vocab, config)
     return _left_to_right(decoder, features, vocab, config)
+
+
+def with_model_defaults(config: GenerationConfig, decoder: StepDecoder) -> GenerationConfig:
+    """``config`` with what it leaves to the model filled in: ``no_repeat_ngram=None`` becomes the decoder's own
+    setting (0 for models that have none)."""
+    if config.no_repeat_ngram is None:
+        return dataclasses.replace(config, no_repeat_ngram=getattr(decoder.config, "no_repeat_ngram", 0))
+    return config
 
 
 def masked_log_probs(logits: torch.Tensor, vocab: Vocabulary, temperature: float = 1.0) -> torch.Tensor:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from captioner.constrained import constrained_search
-from captioner.generate import GenerationConfig, Hypothesis
+from captioner.generate import GenerationConfig, Hypothesis, with_model_defaults
 from captioner.tags import Tag, constraint_ids, extend_decoder, image_tags
 
 
@@ -42,8 +42,7 @@ def guided_captions(model, features: torch.Tensor, config: GenerationConfig) -> 
     decoder = guided_decoder(model)
     search = config if config.method == "beam" else GenerationConfig(
         method="beam", beam_size=1, max_length=config.max_length, no_repeat_ngram=config.no_repeat_ngram)
-    if search.no_repeat_ngram is None:
-        search = GenerationConfig(**{**search.__dict__, "no_repeat_ngram": model.config.no_repeat_ngram})
+    search = with_model_defaults(search, decoder)
     features = features.to(model.device)
     return [constrained_search(decoder, features[i : i + 1], model.vocab, search, constraints[i],
                                plain_vocab=len(model.vocab)) for i in range(features.shape[0])]

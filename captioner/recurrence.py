@@ -191,7 +191,7 @@ def _weight_grads(d_prev, d_w_score, d_keys, d_values, d_h, d_c, w_ctx, w_prev, 
     d_pre = d_prev[:, : 4 * hidden_dim]  # (N, 4H)
     z = context * gate if gated else context
     d_w_prev = d_prev.t() @ h_prev  # (4H + A + P', H)
-    attn = w_prev.shape[0] - 4 * hidden_dim - (gate.shape[1] if gated else 0)
+    attn = d_w_score.shape[0]
     d_gate_pre = d_prev[:, 4 * hidden_dim + attn:]
     return (d_pre, d_keys, d_values, d_h, d_c, d_pre.t() @ z, d_w_prev[: 4 * hidden_dim], d_pre.sum(dim=0),
             d_w_prev[4 * hidden_dim: 4 * hidden_dim + attn], d_w_score.unsqueeze(0), d_w_prev[4 * hidden_dim + attn:],

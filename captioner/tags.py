@@ -40,13 +40,6 @@ def tag_table() -> list[dict]:
     return json.loads(text)["classes"]
 
 
-def check_threshold(value: float) -> float:
-    """A tag threshold must be a probability above 0 and at most 1."""
-    if not 0 < value <= 1:
-        raise ValueError(f"the tag threshold is a probability in (0, 1], got {value}")
-    return value
-
-
 def imagenet_logits(model, features: torch.Tensor) -> torch.Tensor:
     """The encoder's ImageNet logits ``(B, 1000)`` for cached features (pooled ``(B, D)`` or maps ``(B, L, C)``)."""
     classifier = getattr(model.encoder, "classifier", None)

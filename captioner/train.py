@@ -366,10 +366,10 @@ def _validate(run: Run) -> dict:
     batches = [list(range(i, min(i + 256, len(split.captions)))) for i in range(0, len(split.captions), 256)]
     for rows, inputs, targets in iterate_batches(split.image_index, split.captions, batches):
         images, index = torch.unique(rows, return_inverse=True)  # each image's features once
-        logits = decoder(features[images].to(run.device), inputs.to(run.device), image_index=index.to(run.device))
-        targets = targets.to(run.device)
+        logits, targets, _ = _teacher_forced(decoder, decoder, features[images].to(run.device), index.to(run.device),
+                                             inputs.to(run.device), targets.to(run.device), False)
         n = int((targets != model.vocab.pad_id).sum())
-        total += float(run.loss_fn(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))) * n
+        total += float(run.loss_fn(logits, targets)) * n
         tokens += n
     images = sorted(set(split.image_index))
     greedy = GenerationConfig(method="greedy", max_length=run.cfg.val_max_length)
