@@ -5,18 +5,18 @@ Heavy modules (torch, timm) load only when used: ``from captioner import Caption
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from captioner.version import __version__
 
 __all__ = ["Captioner", "GenerationConfig", "ModelConfig", "__version__"]
 
 
 def __getattr__(name: str):
     if name == "Captioner":
-        from captioner.model import Captioner
+        from captioner.pipeline import Captioner
 
         return Captioner
     if name == "GenerationConfig":
-        from captioner.generate import GenerationConfig
+        from captioner.generation.config import GenerationConfig
 
         return GenerationConfig
     if name == "ModelConfig":

@@ -16,10 +16,11 @@ from PIL import ImageOps
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from captioner.config import ModelConfig
 from captioner.data.cache import FeatureCache, cache_missing, cached_features, default_cache_dir
 from captioner.images import ImageLoadError, load_image
-from captioner.config import ModelConfig
-from captioner.model import Captioner, complete_config
+from captioner.models.factory import complete_config
+from captioner.pipeline import Captioner
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def encoder_cache_key(model: Captioner, mirror: bool = False) -> str:
     """What makes two encoders give the same features: name, weights, preprocessing, pooling (or the unpooled
     float16 map), and the mirror view (``avg`` pooling and the unmirrored view are left out of the key, so that
     caches written before those options existed stay valid)."""
-    from captioner.encoders import get_spec
+    from captioner.models.encoders import get_spec
 
     spec = get_spec(model.config.encoder)
     if model.config.attention:

@@ -53,7 +53,7 @@ def tiny_config(vocab_size: int, **overrides) -> ModelConfig:
 
 @pytest.fixture
 def tiny_model(vocab):
-    from captioner.model import Captioner
+    from captioner.pipeline import Captioner
 
     torch.manual_seed(0)
     return Captioner(tiny_config(len(vocab)), vocab).eval()

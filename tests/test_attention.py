@@ -5,14 +5,14 @@ import json
 
 import pytest
 import torch
-
-from captioner.attention import AttentionContext, AttentionDecoder, SoftAttention, doubly_stochastic_penalty
-from captioner.config import ModelConfig
-from captioner.decoder import build_decoder
-from captioner.generate import GenerationConfig, generate
-from captioner.model import Captioner
-from captioner.vocab import Vocabulary
 from conftest import WORDS, tiny_config
+
+from captioner.config import ModelConfig
+from captioner.generation import GenerationConfig, generate
+from captioner.models.attention import AttentionContext, AttentionDecoder, SoftAttention, doubly_stochastic_penalty
+from captioner.models.factory import build_decoder
+from captioner.pipeline import Captioner
+from captioner.vocab import Vocabulary
 
 L, C = 9, 20  # locations and channels of the tiny feature maps
 
@@ -219,7 +219,7 @@ def test_bad_attention_configs():
 
 
 def test_a_spatial_encoder_gives_the_map_row_by_row_and_its_mean_is_the_pooled_vector():
-    from captioner import encoders
+    from captioner.models import encoders
 
     torch.manual_seed(0)
     pooled = encoders.build_encoder("efficientnet_lite0", pretrained=False)

@@ -5,14 +5,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 from PIL import Image
 
-from captioner import encoders
-from captioner.config import ModelConfig, TrainConfig
+from captioner.config import ModelConfig
 from captioner.features import encode_files, encoder_cache_key, image_features
-from captioner.model import Captioner
-from captioner.splits import Split, mirror_draw
-from conftest import tiny_config
+from captioner.models import encoders
+from captioner.pipeline import Captioner
+from captioner.training.config import TrainConfig
+from captioner.training.splits import Split, mirror_draw
 
 
 def test_avgmax_is_mean_then_max_of_the_same_feature_map():
@@ -86,11 +87,11 @@ def test_mirror_view_encodes_the_mirror_image_and_is_cached_apart(vocab, tmp_pat
 
 
 def test_mirror_draw_is_seeded_by_step_about_half_and_off_by_default():
-    cfg = TrainConfig(data="d", out="o", flip_features=True, seed=3)
-    first, again = mirror_draw(cfg, 10, 1000), mirror_draw(cfg, 10, 1000)
-    assert torch.equal(first, again) and not torch.equal(first, mirror_draw(cfg, 11, 1000))
+    first, again = mirror_draw(True, 3, 10, 1000), mirror_draw(True, 3, 10, 1000)
+    assert torch.equal(first, again) and not torch.equal(first, mirror_draw(True, 3, 11, 1000))
     assert 420 < int(first.sum()) < 580
-    assert mirror_draw(TrainConfig(data="d", out="o"), 10, 1000) is None
+    default = TrainConfig(data="d", out="o")
+    assert mirror_draw(default.flip_features, default.seed, 10, 1000) is None
 
 
 def test_split_vectors_take_the_mirror_rows_where_asked():
@@ -108,7 +109,7 @@ def test_split_vectors_mirror_feature_maps_per_image():
 
 
 def test_training_with_flip_features_uses_both_views_and_is_repeatable(shapes_dataset, tmp_path):
-    from captioner.train import train
+    from captioner.training.loop import train
 
     blobs = {}
     for name, flip in (("a", True), ("b", True), ("plain", False)):

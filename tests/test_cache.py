@@ -130,9 +130,9 @@ def test_cached_rows_read_on_indexing_equal_the_loaded_split_and_unreadable_imag
 def test_training_splits_leave_their_features_in_the_cache(tiny_model, shapes_dataset, tmp_path):
     import torch
 
-    from captioner.config import TrainConfig
     from captioner.features import CachedRows
-    from captioner.splits import load_splits, prepare_split
+    from captioner.training.config import TrainConfig
+    from captioner.training.splits import load_splits, prepare_split
 
     cfg = TrainConfig(data=str(shapes_dataset), out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"))
     train_set, _ = load_splits(cfg)

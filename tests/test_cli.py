@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import SAMPLES
 from PIL import Image
 
 from captioner.cli import main
-from conftest import SAMPLES
 
 
 @pytest.fixture

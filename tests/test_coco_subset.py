@@ -5,10 +5,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO
 
 from captioner.cli import main
 from captioner.data import load_dataset
-from conftest import REPO
 
 
 def _coco_files(tmp_path):

@@ -1,6 +1,7 @@
 import pytest
 
-from captioner.config import ModelConfig, Preprocess, TrainConfig, from_dict, from_json, to_json
+from captioner.config import ModelConfig, Preprocess, from_dict, from_json, to_json
+from captioner.training.config import TrainConfig
 
 
 def test_model_config_round_trip(tmp_path):

@@ -1,9 +1,9 @@
 import pytest
+from conftest import make_caption_folder
 
 from captioner.data import DatasetError, list_splits, load_dataset
 from captioner.data.batching import bucket_batches, caption_pairs, pad_batch
 from captioner.vocab import Vocabulary
-from conftest import make_caption_folder
 
 
 def _folder(tmp_path):

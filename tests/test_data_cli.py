@@ -3,11 +3,11 @@
 import json
 import os
 
+from conftest import make_caption_folder
 from PIL import Image
 
 from captioner.cli import main
 from captioner.data import load_dataset
-from conftest import make_caption_folder
 
 
 def _dataset(tmp_path):

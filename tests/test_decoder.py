@@ -1,8 +1,8 @@
 import pytest
 import torch
-
-from captioner.decoder import Decoder
 from conftest import tiny_config
+
+from captioner.models.pooled import Decoder
 
 
 def test_lstm_parameter_count_matches_the_textbook_formula():
@@ -70,7 +70,7 @@ def test_multilayer_and_shapes():
 
 
 def test_cpu_dropout_keeps_one_minus_p_scales_the_kept_and_is_identity_in_eval():
-    from captioner.decoder import Dropout
+    from captioner.models.base import Dropout
 
     torch.manual_seed(0)
     drop = Dropout(0.3)

@@ -19,10 +19,14 @@ def _log(out):
         return list(csv.DictReader(handle))
 
 
-def _torchrun(args, tmp_path, nproc=2):
+NEW_SPELLING = ["-m", "captioner", "train"]  # torchrun ... -m captioner train
+OLD_SPELLING = ["-m", "captioner.train"]  # the earlier spelling, kept working by a shim
+
+
+def _torchrun(args, tmp_path, nproc=2, module=NEW_SPELLING):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "-m", "captioner.train", *args]
+           *module, *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
 
 
@@ -50,9 +54,10 @@ def test_two_gloo_processes_follow_the_one_process_loss_curve(request, tmp_path,
     assert w1.keys() == w2.keys() and all((w1[k] - w2[k]).abs().max() < 1e-3 for k in w1)
 
 
-def test_distributed_self_critical_training_is_refused(shapes_dataset, tmp_path):
+@pytest.mark.parametrize("module", [NEW_SPELLING, OLD_SPELLING], ids=["captioner-train", "captioner.train"])
+def test_distributed_self_critical_training_is_refused(shapes_dataset, tmp_path, module):
     done = _torchrun(["--data", str(shapes_dataset), "--out", str(tmp_path / "r"), "--scst-epochs", "1",
-                      "--cache-dir", str(tmp_path / "cache"), *TINY], tmp_path)
+                      "--cache-dir", str(tmp_path / "cache"), *TINY], tmp_path, module=module)
     assert done.returncode != 0
     # each process says it in one line; the traceback torchrun prints afterwards is the launcher's own, not ours
     assert done.stderr.count("error: distributed training (torchrun) covers") == 2

@@ -2,10 +2,11 @@ import urllib.error
 
 import pytest
 import torch
-
-from captioner import encoders
-from captioner.images import load_image
 from conftest import SAMPLES
+
+from captioner.images import load_image
+from captioner.models import encoders
+from captioner.models.transforms import make_transform
 
 
 @pytest.mark.parametrize("name", encoders.available_encoders())
@@ -77,7 +78,7 @@ def test_lite0_preprocessing_is_the_weights_own():
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite2"])
 def test_lite_weights_are_real_imagenet_weights(shared_data, photo, accepted, name):
     enc = encoders.build_encoder(name)
-    transform = encoders.make_transform(encoders.get_spec(name).preprocess)
+    transform = make_transform(encoders.get_spec(name).preprocess)
     with torch.inference_mode():
         logits = enc.classify(transform(load_image(shared_data / "demo" / photo)).unsqueeze(0))
     names = encoders.imagenet_categories()
@@ -124,7 +125,7 @@ def _test_images():
 
 def test_the_transform_equals_torchvisions_pipeline_to_the_bit():
     from captioner.config import Preprocess
-    from captioner.encoders import make_transform
+    from captioner.models.transforms import make_transform
 
     variants = [spec.preprocess for spec in encoders._REGISTRY.values()] + [
         Preprocess(resize=260, crop=260, interpolation="bicubic"), Preprocess(resize=300, crop=224,
@@ -139,7 +140,7 @@ def test_the_transform_equals_torchvisions_pipeline_to_the_bit():
 
 
 def test_the_written_out_preprocessing_is_torchvisions():
-    from captioner.encoders import _TORCHVISION, _torchvision_preprocess
+    from captioner.models.encoders import _TORCHVISION, _torchvision_preprocess
 
     for name, (weights, *_rest) in _TORCHVISION.items():
         assert encoders.get_spec(name).preprocess == _torchvision_preprocess(weights), name
@@ -149,6 +150,6 @@ def test_captioner_imports_no_torchvision_until_asked():
     import subprocess
     import sys
 
-    code = ("import sys, captioner.encoders, captioner.model, captioner.generate; "
+    code = ("import sys, captioner.models.encoders, captioner.pipeline, captioner.generation.core; "
             "assert 'torchvision' not in sys.modules, 'torchvision imported'")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0

@@ -5,13 +5,16 @@ import json
 
 import pytest
 import torch
-
-from captioner.cli import main
-from captioner.ensemble import DecoderEnsemble, EnsembleError, average_states, combine
-from captioner.generate import GenerationConfig, generate, masked_log_probs
-from captioner.model import Captioner
 from conftest import tiny_config
 from test_attention import attention_config
+
+from captioner.cli import main
+from captioner.combine import combine
+from captioner.generation import GenerationConfig, generate
+from captioner.generation.logits import masked_log_probs
+from captioner.models.ensemble import DecoderEnsemble, EnsembleError, average_states
+from captioner.models.factory import build_decoder
+from captioner.pipeline import Captioner
 
 CONFIGS = {"pooled": lambda n: tiny_config(n), "attention": lambda n: attention_config(n)}
 
@@ -39,7 +42,7 @@ def test_a_one_decoder_ensemble_is_the_plain_model_exactly(vocab, kind, tmp_path
     (model,) = _models(vocab, kind, 1)
     feats = _features(model)
     wrapped = Captioner(model.config, vocab)
-    wrapped.decoder = DecoderEnsemble(model.config)
+    wrapped.decoder = DecoderEnsemble(model.config, [build_decoder(model.config)])
     wrapped.decoder.members[0].load_state_dict(model.decoder.state_dict())
     for method in ("greedy", "beam"):
         assert _search(wrapped.eval(), feats, method=method) == _search(model, feats, method=method)
@@ -148,8 +151,8 @@ def test_the_ensemble_command_never_replaces_other_data(vocab, tmp_path, capsys)
 
 
 def test_an_ensemble_cannot_be_trained(vocab, tmp_path):
-    from captioner.config import TrainConfig
-    from captioner.train import fit
+    from captioner.training.config import TrainConfig
+    from captioner.training.loop import fit
 
     combined = combine(_models(vocab, "pooled", 2), ["a", "b"])
     with pytest.raises(ValueError, match="ensemble of 2 decoders"):

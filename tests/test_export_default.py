@@ -3,9 +3,10 @@
 import subprocess
 import sys
 
-from captioner.cli import main
-from captioner.model import Captioner
 from conftest import REPO
+
+from captioner.cli import main
+from captioner.pipeline import Captioner
 
 
 def test_export_default_chooses_on_held_out_images(flickr_mini, tmp_path):

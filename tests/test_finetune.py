@@ -5,9 +5,9 @@ import json
 import torch
 
 from captioner.cli import main
-from captioner.finetune import count_unknown, extend_vocabulary
-from captioner.model import Captioner
-from captioner.optim import encoder_units
+from captioner.pipeline import Captioner
+from captioner.training.finetune import count_unknown, extend_vocabulary
+from captioner.training.optim import encoder_units
 
 
 def test_extending_the_vocabulary_keeps_existing_rows_bit_identical(tiny_model):

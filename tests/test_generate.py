@@ -1,10 +1,10 @@
 import pytest
 import torch
-
-from captioner.decoder import Decoder
-from captioner.generate import GenerationConfig, generate
-from captioner.vocab import Vocabulary
 from conftest import WORDS, tiny_config
+
+from captioner.generation import GenerationConfig, generate
+from captioner.models.pooled import Decoder
+from captioner.vocab import Vocabulary
 
 
 @pytest.fixture
@@ -123,7 +123,7 @@ def _ngrams(tokens, n):
 
 
 def test_repeat_mask_bans_what_followed_the_last_words_before():
-    from captioner.generate import repeat_mask
+    from captioner.generation.logits import repeat_mask
 
     banned = repeat_mask(torch.tensor([[5, 6, 5], [5, 6, 7]]), 2, 9)  # row 0 ends in 5, which 6 followed before
     assert banned[0].nonzero().flatten().tolist() == [6] and not banned[1].any()
@@ -167,7 +167,7 @@ def test_the_guard_defaults_to_the_models_own_setting(setup):
 
 @pytest.mark.parametrize("n_best", [1, 3])
 def test_beam_search_stops_once_the_n_best_are_settled_with_the_same_result(setup, monkeypatch, n_best):
-    import captioner.generate as gen
+    import captioner.generation.search as gen
 
     dec, vocab, _ = setup
     with torch.no_grad():
@@ -179,7 +179,7 @@ def test_beam_search_stops_once_the_n_best_are_settled_with_the_same_result(setu
     monkeypatch.setattr(dec, "step", lambda *a: steps.append(1) or real_step(*a))
     early = generate(dec, feats, vocab, config)
     early_steps = len(steps)
-    monkeypatch.setattr(gen, "_settled", lambda *a: False)  # run until every beam has ended
+    monkeypatch.setattr(gen, "settled", lambda *a: False)  # run until every beam has ended
     steps.clear()
     full = generate(dec, feats, vocab, config)
     assert early_steps < len(steps), "the random model should settle before its last beam ends"

@@ -4,14 +4,15 @@ import re
 
 import pytest
 import torch
+from conftest import SAMPLES, tiny_config
 
 from captioner.cli import main
-from captioner.constrained import constrained_search
-from captioner.encoders import imagenet_categories
-from captioner.generate import GenerationConfig, generate
-from captioner.model import Captioner, complete_config
-from captioner.tags import tag_table
-from conftest import SAMPLES, tiny_config
+from captioner.generation import GenerationConfig, generate
+from captioner.generation.constrained import constrained_search
+from captioner.generation.tags import tag_table
+from captioner.models.encoders import imagenet_categories
+from captioner.models.factory import complete_config
+from captioner.pipeline import Captioner
 
 
 def _model(vocab, seed=0, **overrides):
@@ -105,16 +106,17 @@ def test_a_bad_tag_threshold_is_one_clear_error(value, capsys):
 
 
 def test_a_models_tag_calibration_leaves_out_unreliable_words_and_is_saved_with_it(tiny_model, tmp_path):
+    from captioner.generation import GenerationConfig
+    from captioner.generation.tags import suppressed_words
     from captioner.images import load_image
-    from captioner.tags import image_tags, suppressed_words
 
     calibration = {"min_precision": 0.3, "min_count": 10,
                    "words": {"cat": [1, 40], "dog": [30, 40], "rare": [0, 3]}}
     assert suppressed_words(calibration) == {"cat"}  # 'rare' was tagged too seldom to judge
     features = tiny_model.encode(tiny_model.transform(load_image(SAMPLES / "chelsea.jpg")).unsqueeze(0))
-    assert [t.word for t in image_tags(tiny_model, features, 0.05)[0]][:1] == ["cat"]
+    assert [t.word for t in tiny_model.image_tags(features, GenerationConfig(tag_threshold=0.05))[0]][:1] == ["cat"]
     tiny_model.tag_calibration = calibration
-    assert "cat" not in [t.word for t in image_tags(tiny_model, features, 0.05)[0]]
+    assert "cat" not in [t.word for t in tiny_model.image_tags(features, GenerationConfig(tag_threshold=0.05))[0]]
     tiny_model.save_pretrained(tmp_path / "m")
     assert Captioner.from_pretrained(tmp_path / "m").tag_calibration == calibration
     (tmp_path / "m" / "tag_calibration.json").write_text("{broken")

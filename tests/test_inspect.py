@@ -1,12 +1,13 @@
 import json
 
 import pytest
+from conftest import tiny_config
 from torch import nn
 
 from captioner.cli.main import main
-from captioner.inspection import gate_formula, inspect_model, recurrent_layers, w_ih_split
-from captioner.model import Captioner, complete_config
-from conftest import tiny_config
+from captioner.inspection.params import gate_formula, inspect_model, recurrent_layers, w_ih_split
+from captioner.models.factory import complete_config
+from captioner.pipeline import Captioner
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])

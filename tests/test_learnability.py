@@ -2,13 +2,13 @@
 
 import pytest
 import torch
+from conftest import make_shapes_dataset, tiny_config
 
-from captioner.config import TrainConfig
 from captioner.data import load_dataset
 from captioner.evaluate import predict
-from captioner.generate import GenerationConfig
-from captioner.model import Captioner
-from conftest import make_shapes_dataset, tiny_config
+from captioner.generation import GenerationConfig
+from captioner.pipeline import Captioner
+from captioner.training.config import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def shapes_12(tmp_path_factory):
 
 @pytest.mark.parametrize("inject", ["every_step", "attention"])
 def test_small_model_captions_held_out_shapes_exactly(shapes_12, tmp_path, inject):
-    from captioner.train import train
+    from captioner.training.loop import train
 
     cfg = TrainConfig(data=str(shapes_12), out=str(tmp_path / "run"), epochs=40, batch_size=16, lr=1e-2,
                       min_count=1, seed=0, select_by="loss", batch_by_image=inject == "attention")

@@ -29,13 +29,14 @@ from captioner.metrics import (
     bleu,
     caption_stats,
     cider,
+    coco,
     coco_tokenize,
     corpus_bleu,
     nltk_bleu,
     rouge_l,
     score_captions,
+    tokenizer,
 )
-from captioner.metrics import coco, tokenizer
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FLICKR = DATA / "flickr8k"
@@ -129,9 +130,9 @@ def test_scores_match_pycocoevalcap_on_flickr8k_val(val_refs, val_sets, name):
     assert set(ours) == set(METRIC_KEYS)
     for key in METRIC_KEYS:
         assert ours[key] == pytest.approx(theirs[key], abs=1e-6, rel=0), key
-    hyps, refs = coco._prepare(dict(enumerate(predictions)), dict(enumerate(val_refs)))
-    np.testing.assert_allclose(coco._cider_from_tokens(hyps, refs), cider_per_image, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(coco._rouge_from_tokens(hyps, refs), rouge_per_image, rtol=0, atol=1e-6)
+    hyps, refs = coco.prepare_tokens(dict(enumerate(predictions)), dict(enumerate(val_refs)))
+    np.testing.assert_allclose(coco.cider_from_tokens(hyps, refs), cider_per_image, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(coco.rouge_from_tokens(hyps, refs), rouge_per_image, rtol=0, atol=1e-6)
 
 
 def test_dict_api_agrees_with_score_captions(val_refs, val_sets):
@@ -179,7 +180,7 @@ def test_single_reference_per_image_matches_pycocoevalcap():
     theirs, _, _ = pycocoevalcap_scores(predictions, references)
     for key in METRIC_KEYS:
         assert ours[key] == pytest.approx(theirs[key], abs=1e-6, rel=0), key
-    assert coco._rouge_from_tokens([()], [[()]])[0] == 1.0  # "" vs "": one empty token each, as pycocoevalcap
+    assert coco.rouge_from_tokens([()], [[()]])[0] == 1.0  # "" vs "": one empty token each, as pycocoevalcap
 
 
 def test_empty_predictions_score_zero():

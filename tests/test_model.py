@@ -5,7 +5,8 @@ import shlex
 import pytest
 import torch
 
-from captioner.model import DEFAULT_MODEL_DIR, Captioner, ModelLoadError
+from captioner.models.files import DEFAULT_MODEL_DIR, ModelLoadError
+from captioner.pipeline import Captioner
 
 
 def _logits(model, seed=0):
@@ -51,7 +52,7 @@ def test_a_save_killed_midway_loses_no_model(tiny_model, tmp_path):
 
 
 def test_an_interrupted_save_is_recovered_before_the_next_one(tiny_model, tmp_path):
-    from captioner.model import recover_interrupted_save
+    from captioner.models.files import recover_interrupted_save
 
     tiny_model.save_pretrained(tmp_path / "m", card="# first\n")
     (tmp_path / "m").rename(tmp_path / ".m.old-4242")

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from captioner.generate import GenerationConfig
-from captioner.model import Captioner
+from captioner.generation import GenerationConfig
+from captioner.pipeline import Captioner
 
 FIXTURES = Path(__file__).parent / "fixtures" / "old_models"
 SEARCHES = {"greedy": GenerationConfig(method="greedy", max_length=12),

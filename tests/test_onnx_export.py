@@ -17,16 +17,17 @@ from torch import nn
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
+from conftest import tiny_config  # noqa: E402
+
 from captioner.cli import main  # noqa: E402
 from captioner.cli.common import CliError  # noqa: E402
 from captioner.cli.export import check_out  # noqa: E402
-from captioner.encoders import ImageEncoder  # noqa: E402
-from captioner.generate import GenerationConfig  # noqa: E402
+from captioner.export.onnx import EXPORT_FILES, MANIFEST, export_onnx
+from captioner.export.runtime import OnnxCaptioner, compare_backends
+from captioner.generation import GenerationConfig
 from captioner.images import load_image  # noqa: E402
-from captioner.model import Captioner  # noqa: E402
-from captioner.onnx_backend import OnnxCaptioner, compare_backends  # noqa: E402
-from captioner.onnx_export import EXPORT_FILES, MANIFEST, export_onnx  # noqa: E402
-from conftest import tiny_config  # noqa: E402
+from captioner.models.encoders import ImageEncoder
+from captioner.pipeline import Captioner
 
 OLD_MODELS = Path(__file__).parent / "fixtures" / "old_models"
 SEARCHES = {"greedy": GenerationConfig(method="greedy", max_length=12),
@@ -58,8 +59,9 @@ def _images(n: int = 4) -> list[Image.Image]:
 @pytest.fixture(scope="module")
 def tiny_exports(tmp_path_factory, request):
     """Each TINY model and its export directory, made once."""
-    from captioner.vocab import Vocabulary
     from conftest import WORDS
+
+    from captioner.vocab import Vocabulary
 
     vocab, out = Vocabulary(WORDS), {}
     for name, fields in TINY.items():
@@ -204,8 +206,8 @@ def test_the_onnxruntime_backend_needs_an_export(model_dir, tmp_path, capsys, ex
 def test_the_default_model_is_exported_into_the_cache_once(tiny_exports, tmp_path, monkeypatch, capsys):
     import shutil
 
-    import captioner.onnx_backend as backend
-    import captioner.onnx_export as exporter
+    import captioner.export.onnx as exporter
+    import captioner.export.runtime as backend
 
     monkeypatch.setenv("CAPTIONER_CACHE", str(tmp_path / "cache"))
     target = backend.default_export_dir()
@@ -252,7 +254,7 @@ def test_tf_same_padding_is_fixed_for_the_export_size(side, tmp_path):
     import onnx
     from timm.layers.conv2d_same import Conv2dSame
 
-    from captioner.onnx_export import _export, _FixedPadConv, fix_same_padding
+    from captioner.export.onnx import _export, _FixedPadConv, fix_same_padding
 
     torch.manual_seed(0)
     net = nn.Sequential(Conv2dSame(3, 4, 3, stride=2), nn.ReLU(), Conv2dSame(4, 4, 5, stride=2, groups=4)).eval()

@@ -4,11 +4,11 @@ import csv
 
 import pytest
 import torch
-
-from captioner.config import TrainConfig
-from captioner.runstate import autocast_dtype, grad_scaler
-from captioner.train import train
 from conftest import tiny_config
+
+from captioner.training.config import TrainConfig
+from captioner.training.loop import train
+from captioner.training.state import autocast_dtype, grad_scaler
 
 
 def _losses(out) -> list[float]:

@@ -1,13 +1,13 @@
-"""The fused teacher-forced recurrence (captioner.recurrence) computes what the step-by-step loop computes: the same
+"""The fused teacher-forced recurrence (captioner.models.fused_lstm) computes what the step-by-step loop computes: the same
 logits, attention weights and gradients of every parameter and of the image features (float64, tight tolerance),
 with and without the context gate, with the attention penalty, with dropout, and for captions of shared images."""
 
 import pytest
 import torch
-
-from captioner.attention import AttentionDecoder, doubly_stochastic_penalty
-from captioner.vocab import Vocabulary
 from conftest import WORDS, tiny_config
+
+from captioner.models.attention import AttentionDecoder, doubly_stochastic_penalty
+from captioner.vocab import Vocabulary
 
 L, C = 9, 20
 

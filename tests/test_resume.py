@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import kill_when_logged, make_caption_folder
 
 from captioner.cli import main
-from conftest import kill_when_logged, make_caption_folder
 
 TEMPLATES = ["a {c} {s}", "one {c} {s}", "a {s} that is {c}", "there is a {c} {s}", "a {c} {s} on white",
              "the {s} is {c}", "a small {c} {s}", "a big {c} {s}"]

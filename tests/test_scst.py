@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from captioner.cli import main
-from captioner.config import TrainConfig
-from captioner.splits import Split
-from captioner.generate import GenerationConfig, generate
-from captioner.scst import scst_loss
+from captioner.generation import GenerationConfig, generate
+from captioner.training.config import TrainConfig
+from captioner.training.scst import scst_loss
+from captioner.training.splits import Split
 
 
 class WordReward:

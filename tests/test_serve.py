@@ -10,9 +10,9 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from captioner.batcher import Batcher, QueueFull  # noqa: E402
 from captioner.cli.main import main  # noqa: E402
-from captioner.server import create_app  # noqa: E402
+from captioner.serving.batcher import Batcher, QueueFull
+from captioner.serving.server import create_app
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 

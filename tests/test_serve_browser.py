@@ -24,8 +24,9 @@ if not CHROMIUM.is_file():
 def server_url():
     import uvicorn
 
-    from captioner.model import Captioner, resolve_model_dir
-    from captioner.server import create_app
+    from captioner.models.files import resolve_model_dir
+    from captioner.pipeline import Captioner
+    from captioner.serving.server import create_app
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from captioner.cli import main
-from captioner.model import Captioner
+from captioner.pipeline import Captioner
 
 
 def test_train_dry_run_on_20_flickr8k_images(flickr_mini, tmp_path, capsys):
@@ -24,9 +24,10 @@ def test_train_dry_run_on_20_flickr8k_images(flickr_mini, tmp_path, capsys):
 
 
 def test_same_seed_same_weights(shapes_dataset, tmp_path):
-    from captioner.config import TrainConfig
-    from captioner.train import train
     from conftest import tiny_config
+
+    from captioner.training.config import TrainConfig
+    from captioner.training.loop import train
 
     blobs = []
     for run in ("a", "b"):
@@ -40,9 +41,10 @@ def test_same_seed_same_weights(shapes_dataset, tmp_path):
 
 
 def test_gradient_clipping_is_applied(shapes_dataset, tmp_path):
-    from captioner.config import TrainConfig
-    from captioner.train import train
     from conftest import tiny_config
+
+    from captioner.training.config import TrainConfig
+    from captioner.training.loop import train
 
     cfg = TrainConfig(data=str(shapes_dataset), out=str(tmp_path / "r"), epochs=1, batch_size=8, min_count=1,
                       clip_norm=1e-3, lr=1.0, val_split=None)
@@ -101,7 +103,7 @@ def test_unreadable_training_images_are_skipped_or_stop_the_run(shapes_dataset, 
 
 def test_holdout_validates_on_training_images_only(shapes_dataset, tmp_path):
     from captioner.data import load_dataset
-    from captioner.splits import hold_out
+    from captioner.training.splits import hold_out
 
     data = load_dataset(shapes_dataset, "train")
     rest, held = hold_out(data, 10, seed=3)
@@ -154,8 +156,8 @@ def test_attention_options_need_an_attention_model(flickr_mini, tmp_path, capsys
 
 
 def test_image_size_sees_the_whole_image_and_is_recorded(shapes_dataset, tmp_path, capsys):
-    from captioner.encoders import get_spec
     from captioner.features import encoder_cache_key
+    from captioner.models.encoders import get_spec
 
     out = tmp_path / "run"
     assert main(["train", "--data", str(shapes_dataset), "--out", str(out), "--dry-run", "--min-count", "1",

@@ -4,13 +4,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_config
 from PIL import Image
 
 from captioner.cli.main import main
-from captioner.generate import GenerationConfig
-from captioner.model import Captioner, complete_config
-from captioner.visualize import image_sensitivity, pick_cells, trace
-from conftest import tiny_config
+from captioner.generation import GenerationConfig
+from captioner.inspection.visualize import image_sensitivity, pick_cells, trace
+from captioner.models.factory import complete_config
+from captioner.pipeline import Captioner
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "samples" / "coffee.jpg"
 pytest.importorskip("matplotlib")
@@ -122,7 +123,7 @@ def test_image_mean_is_saved_loaded_and_a_wrong_one_ignored(tiny_model, tmp_path
 
 
 def _write_log(run: Path, rows: list[dict]) -> None:
-    from captioner.runstate import LOG_FIELDS
+    from captioner.training.state import LOG_FIELDS
 
     run.mkdir(parents=True, exist_ok=True)
     with open(run / "log.csv", "w", newline="") as handle:

@@ -9,8 +9,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from captioner.cli.common import (
-    CliError, add_decoding_options, add_device_option, add_guided_options, add_image_options, add_model_option,
-    apply_image_options, generation_config, load_model, positive_int,
+    CliError,
+    add_decoding_options,
+    add_device_option,
+    add_guided_options,
+    add_image_options,
+    add_model_option,
+    apply_image_options,
+    generation_config,
+    load_model,
+    positive_int,
 )
 
 
@@ -25,7 +33,7 @@ def add_parser(sub) -> None:
     add_model_option(parser)
     add_decoding_options(parser)
     add_guided_options(parser)
-    parser.add_argument("--tags", action="store_true",
+    parser.add_argument("--tags", dest="show_tags", action="store_true",
                         help="also print each image's tags with their probabilities (--json: a 'tags' list)")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="images per batch (default: 16)")
     parser.add_argument("--json", action="store_true",
@@ -61,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     apply_image_options(args)
     config = generation_config(args)
-    if args.backend != "torch" and (args.guided or args.tags):
+    if args.backend != "torch" and (args.guided or args.show_tags):
         raise CliError("--guided and --tags need the PyTorch backend (the encoder's ImageNet head); drop "
                        "--backend onnxruntime")
     model = load_backend(args)
@@ -89,8 +97,8 @@ def load_backend(args: argparse.Namespace):
         return load_model(args.model, args.device)
     if args.device == "cuda":
         raise CliError("--backend onnxruntime runs on CPU only; drop --device cuda or use --backend torch")
-    from captioner.onnx_backend import ExportLoadError, OnnxCaptioner, default_export
-    from captioner.onnx_export import ExportError
+    from captioner.export.onnx import ExportError
+    from captioner.export.runtime import ExportLoadError, OnnxCaptioner, default_export
 
     directory = args.model
     try:
@@ -107,17 +115,15 @@ def _emit(model, batch: list, config, args: argparse.Namespace) -> None:
     """Caption one batch of loaded images and print the results (with ``--tags``, each image's tags)."""
     if not batch:
         return
-    tags = [None] * len(batch)
-    if args.tags:
+    if args.show_tags and not config.guided:  # plain captions, with the tags guided decoding would use
         import torch
 
-        from captioner.tags import image_tags
-
         features = model.encode(torch.stack([model.transform(img) for _, img in batch]))
-        tags = image_tags(model, features, config.tag_threshold, config.max_tags)
+        tags = model.image_tags(features, config)
         hyps = model.caption_features(features, config)
-    else:
+    else:  # guided hypotheses carry the tags they were asked to contain
         hyps = model.caption_images([img for _, img in batch], config)
+        tags = [h[0].tags if args.show_tags else None for h in hyps]
     for (path, _), best, found in zip(batch, (h[0] for h in hyps), tags):
         text = model.vocab.decode(best.tokens)
         if args.json:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from captioner.cli.options import add_field, fields_of
+
 
 class CliError(Exception):
     """A user-facing failure: printed as ``error: <message>``, exits with ``code``."""
@@ -55,25 +57,25 @@ def add_model_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_device_option(parser: argparse.ArgumentParser) -> None:
+    from captioner.config import DEVICES
+
     parser.add_argument(
-        "--device", default="auto", choices=["auto", "cpu", "cuda"],
-        help="where to run: cuda when available with 'auto' (default: auto)",
+        "--device", default="auto", choices=DEVICES,
+        help="where to run: auto picks CUDA, else Apple's MPS, else the CPU (default: auto)",
     )
 
 
-def add_decoding_options(parser: argparse.ArgumentParser, beam_size: int = 3) -> None:
-    parser.add_argument(
-        "--beam-size", type=positive_int, default=beam_size,
-        help=f"beams per image; 1 is greedy decoding (default: {beam_size})",
-    )
-    parser.add_argument(
-        "--max-length", type=positive_int, default=20, help="maximum caption length in tokens (default: 20)"
-    )
-    parser.add_argument(
-        "--no-repeat-ngram", type=_ngram_size, default=None, metavar="N",
-        help="never repeat an n-gram of N words in a caption (2 blocks 'a red shirt and a red shirt'); 0 turns the "
-        "guard off (default: the model's own setting, which its model card states; 0 for models without one)",
-    )
+def add_decoding_options(parser: argparse.ArgumentParser) -> None:
+    """``--beam-size``, ``--max-length`` and ``--no-repeat-ngram``, with ``GenerationConfig``'s defaults."""
+    from captioner.generation import GenerationConfig
+
+    g = GenerationConfig()
+    add_field(parser, g, "beam_size", type=positive_int, help="beams per image; 1 is greedy decoding")
+    add_field(parser, g, "max_length", type=positive_int, help="maximum caption length in tokens")
+    add_field(parser, g, "no_repeat_ngram", type=_ngram_size, metavar="N", show_default=False,
+              help="never repeat an n-gram of N words in a caption (2 blocks 'a red shirt and a red shirt'); 0 turns "
+              "the guard off (default: the model's own setting, which its model card states; 0 for models without "
+              "one)")
 
 
 def _tag_threshold(text: str) -> float:
@@ -88,20 +90,20 @@ def _tag_threshold(text: str) -> float:
 
 def add_guided_options(parser: argparse.ArgumentParser) -> None:
     """``--guided``, ``--tag-threshold`` and ``--max-tags``: tag-guided decoding."""
-    parser.add_argument(
-        "--guided", action="store_true",
-        help="tag-guided decoding: the encoder's confident ImageNet tags (e.g. 'cat', 'coffee') must appear in the "
-        "caption (constrained beam search); words the decoder never learned get rows for this")
-    parser.add_argument(
-        "--tag-threshold", type=_tag_threshold, default=0.1, metavar="P",
-        help="probability a tag needs, summed over the ImageNet classes that map to its word (default: 0.1, "
-        "chosen on Flickr8k val and COCO images: docs/ablation.md)")
-    parser.add_argument("--max-tags", type=positive_int, default=2, metavar="N",
-                        help="at most N tags per image (default: 2)")
+    from captioner.generation import GenerationConfig
+
+    g = GenerationConfig()
+    add_field(parser, g, "guided", action="store_true", show_default=False,
+              help="tag-guided decoding: the encoder's confident ImageNet tags (e.g. 'cat', 'coffee') must appear in "
+              "the caption (constrained beam search); words the decoder never learned get rows for this")
+    add_field(parser, g, "tag_threshold", type=_tag_threshold, metavar="P",
+              help="probability a tag needs, summed over the ImageNet classes that map to its word (chosen on "
+              "Flickr8k val and COCO images: docs/ablation.md)")
+    add_field(parser, g, "max_tags", type=positive_int, metavar="N", help="at most N tags per image")
 
 
 def resolve_device(name: str):
-    from captioner.model import resolve_device as resolve
+    from captioner.devices import resolve_device as resolve
 
     try:
         return resolve(name)
@@ -111,7 +113,8 @@ def resolve_device(name: str):
 
 def load_model(model: str, device: str):
     """Load a model directory (or the default) as a CliError-friendly call."""
-    from captioner.model import Captioner, ModelLoadError
+    from captioner.models.files import ModelLoadError
+    from captioner.pipeline import Captioner
 
     try:
         return Captioner.from_pretrained(model, device=resolve_device(device))
@@ -120,13 +123,11 @@ def load_model(model: str, device: str):
 
 
 def generation_config(args: argparse.Namespace):
-    from captioner.generate import GenerationConfig
+    """The ``GenerationConfig`` the parsed decoding options describe (``GenerationConfig`` decides what a beam of
+    one means)."""
+    from captioner.generation import GenerationConfig
 
-    method = "greedy" if args.beam_size == 1 else "beam"
-    return GenerationConfig(method=method, beam_size=args.beam_size, max_length=args.max_length,
-                            no_repeat_ngram=getattr(args, "no_repeat_ngram", None),
-                            guided=getattr(args, "guided", False),
-                            tag_threshold=getattr(args, "tag_threshold", 0.1), max_tags=getattr(args, "max_tags", 2))
+    return GenerationConfig(**fields_of(GenerationConfig, args))
 
 
 def check_writable_dir(path: Path, what: str) -> None:

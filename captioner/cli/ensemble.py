@@ -34,7 +34,8 @@ def check_out(out: Path, models: list[str], overwrite: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from captioner.ensemble import EnsembleError, combine, ensemble_card
+    from captioner.combine import combine, ensemble_card
+    from captioner.models.ensemble import EnsembleError
 
     out = Path(args.out)
     check_out(out, args.models, args.overwrite)

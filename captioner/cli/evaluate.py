@@ -9,8 +9,15 @@ import time
 from pathlib import Path
 
 from captioner.cli.common import (
-    CliError, add_dataset_options, add_decoding_options, add_device_option, add_guided_options, add_image_options,
-    add_model_option, apply_image_options, positive_int,
+    CliError,
+    add_dataset_options,
+    add_decoding_options,
+    add_device_option,
+    add_guided_options,
+    add_image_options,
+    add_model_option,
+    apply_image_options,
+    positive_int,
 )
 
 
@@ -87,7 +94,7 @@ def load_split(args: argparse.Namespace):
 def write_json(path: str | None, data) -> None:
     """Write JSON atomically (stable key order, so equal reports are equal bytes)."""
     if path:
-        from captioner.checkpoint import atomic_write_text
+        from captioner.fileio import atomic_write_text
 
         atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 

@@ -31,8 +31,8 @@ def add_parser(sub) -> None:
 
 def check_out(out: Path, model: str, overwrite: bool) -> None:
     """Refuse to write into anything but a new directory, an empty one, or an export the user allows replacing."""
-    from captioner.model import resolve_model_dir
-    from captioner.onnx_export import EXPORT_FILES
+    from captioner.export.onnx import EXPORT_FILES
+    from captioner.models.files import resolve_model_dir
 
     check_output_dir(out, [resolve_model_dir(model)], "the --model directory; write the export elsewhere",
                      set(EXPORT_FILES), "an export", overwrite)
@@ -41,7 +41,7 @@ def check_out(out: Path, model: str, overwrite: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_out(out, args.model, args.overwrite)
-    from captioner.onnx_export import ExportError, export_onnx, require_onnx
+    from captioner.export.onnx import ExportError, export_onnx, require_onnx
 
     try:
         require_onnx()  # before the slow model load
@@ -62,7 +62,7 @@ def _check(model, out: Path) -> str:
         return "not compared with PyTorch (onnxruntime is not installed)"
     import torch
 
-    from captioner.onnx_backend import OnnxCaptioner, compare_backends
+    from captioner.export.runtime import OnnxCaptioner, compare_backends
 
     side = model.config.preprocess.crop
     diffs = compare_backends(model, OnnxCaptioner(out), torch.randn(2, 3, side, side))

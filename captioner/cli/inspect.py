@@ -27,8 +27,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from captioner.inspection import format_report, inspect_model
-    from captioner.model import resolve_model_dir
+    from captioner.inspection.params import format_report, inspect_model
+    from captioner.models.files import resolve_model_dir
 
     model = load_model(args.model, "cpu")
     report = inspect_model(model, resolve_model_dir(args.model), encoder=not args.no_encoder)

@@ -8,12 +8,23 @@ import os
 import sys
 from collections.abc import Sequence
 
-from captioner import __version__
 from captioner.cli import (
-    caption, data, ensemble, evaluate, export, finetune, inspect, plot, score, serve, train, visualize,
+    caption,
+    data,
+    ensemble,
+    evaluate,
+    export,
+    finetune,
+    inspect,
+    plot,
+    score,
+    serve,
+    train,
+    visualize,
 )
-from captioner.checkpoint import SaveError
 from captioner.cli.common import CliError
+from captioner.fileio import SaveError
+from captioner.version import __version__
 
 SUBCOMMANDS = (caption, train, finetune, ensemble, export, evaluate, score, data, inspect, visualize, plot, serve)
 

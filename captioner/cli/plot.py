@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from captioner.cli.common import check_writable_dir
-    from captioner.plots import PlotError, plot_run
+    from captioner.inspection.plots import PlotError, plot_run
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():

@@ -54,11 +54,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from captioner.server import create_app
+        from captioner.serving.server import create_app
     except ImportError as err:
         raise CliError(f"captioner serve needs FastAPI and uvicorn ({err.name} is missing): "
                        "pip install 'captioner[serve]'") from None
-    from captioner.model import resolve_model_dir
+    from captioner.models.files import resolve_model_dir
 
     check_port(args.host, args.port)
     if not _is_loopback(args.host):

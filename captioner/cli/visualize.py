@@ -8,7 +8,13 @@ import logging
 from pathlib import Path
 
 from captioner.cli.common import (
-    CliError, add_decoding_options, add_model_option, check_output_dir, generation_config, load_model, positive_int,
+    CliError,
+    add_decoding_options,
+    add_model_option,
+    check_output_dir,
+    generation_config,
+    load_model,
+    positive_int,
 )
 
 logger = logging.getLogger(__name__)
@@ -60,9 +66,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from captioner.images import ImageLoadError, load_image
-    from captioner.plots import PlotError
-    from captioner.render import render
-    from captioner.visualize import describe
+    from captioner.inspection.plots import PlotError
+    from captioner.inspection.render import render
+    from captioner.inspection.visualize import describe
 
     out = Path(args.out)
     check_output_dir(out, [], "", OUTPUT_FILES, "a visualization", args.overwrite)

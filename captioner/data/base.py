@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-
 logger = logging.getLogger(__name__)
 
 MAX_CAPTION_WORDS = 100  # longer reference captions are cut to this many words (with a warning)

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from captioner.fileio import atomic_write_text, file_sha256, save_error
+
 logger = logging.getLogger(__name__)
 
 
@@ -43,15 +45,6 @@ def cache_root() -> Path:
 def default_cache_dir() -> Path:
     """The feature cache: :func:`cache_root` plus ``/features``."""
     return cache_root() / "features"
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class FeatureCache:
@@ -77,7 +70,7 @@ class FeatureCache:
             about = {"key": key, "dim": self.dim}
             if len(self.shape) > 1 or dtype != "float32":  # pooled float32 caches keep their original key file
                 about.update(shape=list(self.shape), dtype=dtype)
-            _atomic_write(key_file, json.dumps(about, indent=2))
+            atomic_write_text(key_file, json.dumps(about, indent=2))
         self._data = self.dir / f"features.{_SUFFIX[dtype]}"
         self._index_file = self.dir / "index.json"
         self._crc_file = self.dir / "checksums.json"
@@ -125,14 +118,12 @@ class FeatureCache:
                     handle.flush()
                     os.fsync(handle.fileno())
             except OSError as err:  # disk full: the index still lists only complete rows
-                from captioner.checkpoint import save_error
-
                 raise save_error(self._data, err) from None
             self.index.update({h: first + i for i, h in enumerate(hashes)})
             checksums = self._read_checksums()
             checksums.update({h: zlib.crc32(row.tobytes()) for h, row in zip(hashes, features)})
-            _atomic_write(self._crc_file, json.dumps(checksums))
-            _atomic_write(self._index_file, json.dumps(self.index))
+            atomic_write_text(self._crc_file, json.dumps(checksums))
+            atomic_write_text(self._index_file, json.dumps(self.index))
 
     def get(self, hashes: Sequence[str], out: np.ndarray | None = None,
             at: Sequence[int] | None = None) -> np.ndarray:
@@ -185,8 +176,8 @@ class FeatureCache:
                 for digest in bad:
                     self.index.pop(digest, None)
                     checksums.pop(digest, None)
-                _atomic_write(self._crc_file, json.dumps({**checksums, **new}))
-                _atomic_write(self._index_file, json.dumps(self.index))
+                atomic_write_text(self._crc_file, json.dumps({**checksums, **new}))
+                atomic_write_text(self._index_file, json.dumps(self.index))
         return bad
 
     def __contains__(self, digest: str) -> bool:
@@ -194,12 +185,6 @@ class FeatureCache:
 
 
 _SUFFIX = {"float32": "f32", "float16": "f16"}
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    from captioner.checkpoint import atomic_write_text
-
-    atomic_write_text(path, text)
 
 
 def cached_features(

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from captioner.data.base import (
-    CaptionSet, DatasetError, DatasetFormat, ImageItem, check_caption, first_dir, read_json, register_format,
+    CaptionSet,
+    DatasetError,
+    DatasetFormat,
+    ImageItem,
+    check_caption,
+    first_dir,
+    read_json,
+    register_format,
     safe_image_name,
 )
 

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from captioner.data.base import DatasetError, read_json, safe_image_name
-from captioner.data.cache import file_sha256
 from captioner.data.convert import link_or_copy, one_line
 from captioner.data.folder import HEADER
+from captioner.fileio import file_sha256
 
 logger = logging.getLogger(__name__)
 

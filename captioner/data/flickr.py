@@ -13,7 +13,13 @@ from collections import defaultdict
 from pathlib import Path
 
 from captioner.data.base import (
-    CaptionSet, DatasetError, DatasetFormat, ImageItem, first_dir, register_format, safe_image_name,
+    CaptionSet,
+    DatasetError,
+    DatasetFormat,
+    ImageItem,
+    first_dir,
+    register_format,
+    safe_image_name,
 )
 
 TOKEN_NAMES = ("Flickr8k.token.txt", "results_20130124.token", "Flickr30k.token.txt")

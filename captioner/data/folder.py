@@ -15,7 +15,12 @@ from collections import defaultdict
 from pathlib import Path
 
 from captioner.data.base import (
-    CaptionSet, DatasetError, DatasetFormat, ImageItem, register_format, safe_image_name,
+    CaptionSet,
+    DatasetError,
+    DatasetFormat,
+    ImageItem,
+    register_format,
+    safe_image_name,
 )
 
 HEADER = "image\tcaption"

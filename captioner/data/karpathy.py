@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from captioner.data.base import (
-    CaptionSet, DatasetError, DatasetFormat, ImageItem, check_caption, register_format, safe_image_name,
+    CaptionSet,
+    DatasetError,
+    DatasetFormat,
+    ImageItem,
+    check_caption,
+    register_format,
+    safe_image_name,
 )
 from captioner.data.coco import load_json
 

@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from captioner.data.base import (
-    CaptionSet, DatasetError, DatasetFormat, ImageItem, check_caption, register_format, safe_image_name,
+    CaptionSet,
+    DatasetError,
+    DatasetFormat,
+    ImageItem,
+    check_caption,
+    register_format,
+    safe_image_name,
 )
 
 SUFFIXES = (".csv", ".jsonl")

@@ -88,17 +88,9 @@ class _PartFile:
         atomic_write_text(self.meta_path, json.dumps(meta))
 
 
-def download(
-    url: str,
-    dest: str | os.PathLike[str],
-    expected_size: int | None = None,
-    expected_md5: str | None = None,
-    *,
-    timeout: float = 60.0,
-    retries: int = 5,
-    retry_wait: float = 2.0,
-    progress: bool = True,
-) -> Path:
+def download(url: str, dest: str | os.PathLike[str], expected_size: int | None = None,
+             expected_md5: str | None = None, *, timeout: float = 60.0, retries: int = 5, retry_wait: float = 2.0,
+             progress: bool = True) -> Path:
     """Download ``url`` to ``dest``, resuming an earlier partial download and verifying the result.
 
     Bytes go to ``<dest>.part``; after an interruption the next attempt (or the next call) asks for the rest with
@@ -132,12 +124,8 @@ def download(
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = _PartFile(dest, expected_md5 is not None)
     logger.info("downloading %s to %s", url, dest)
-    retrying(
-        lambda: _fetch_into(url, part, expected_size, timeout, progress, dest.name),
-        f"download of {url}",
-        retries,
-        retry_wait,
-    )
+    retrying(lambda: _fetch_into(url, part, expected_size, timeout, progress, dest.name), f"download of {url}",
+             retries, retry_wait)
     hexdigest = part.digest.hexdigest()
     record = check_digest(part.path, dest, part.size, hexdigest, expected_size, expected_md5)
     os.replace(part.path, dest)

@@ -32,10 +32,10 @@ import numpy as np
 
 from captioner.metrics.coco import (
     Tokens,
-    _bleu_from_tokens,
-    _cider_from_tokens,
-    _prepare,
-    _rouge_from_tokens,
+    bleu_from_tokens,
+    cider_from_tokens,
+    prepare_tokens,
+    rouge_from_tokens,
     bleu,
     cider,
     rouge_l,
@@ -81,10 +81,10 @@ def score_captions(predictions: Sequence[str], references: Sequence[Sequence[str
                          "pass one reference list per prediction, in the same order")
     if len(predictions) == 0:
         raise ValueError("nothing to score: no predictions (pass one caption per image)")
-    hyps, refs = _prepare(dict(enumerate(predictions)), dict(enumerate(references)))
-    scores = {f"bleu{k + 1}": value for k, value in enumerate(_bleu_from_tokens(hyps, refs, 4))}
-    scores["cider"] = float(np.mean(_cider_from_tokens(hyps, refs)))
-    scores["rouge_l"] = float(np.mean(_rouge_from_tokens(hyps, refs)))
+    hyps, refs = prepare_tokens(dict(enumerate(predictions)), dict(enumerate(references)))
+    scores = {f"bleu{k + 1}": value for k, value in enumerate(bleu_from_tokens(hyps, refs, 4))}
+    scores["cider"] = float(np.mean(cider_from_tokens(hyps, refs)))
+    scores["rouge_l"] = float(np.mean(rouge_from_tokens(hyps, refs)))
     return scores
 
 

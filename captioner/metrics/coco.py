@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from captioner.metrics.tokenizer import _coco_tokens
+from captioner.metrics.tokenizer import cached_coco_tokens
 
 # ---------------------------------------------------------------------------------------------------------------
 # Shared input handling
@@ -27,7 +27,7 @@ from captioner.metrics.tokenizer import _coco_tokens
 Tokens = tuple[str, ...]
 
 
-def _prepare(
+def prepare_tokens(
     preds: Mapping[Hashable, str], refs: Mapping[Hashable, Sequence[str]]
 ) -> tuple[list[Tokens], list[list[Tokens]]]:
     """Check ``{id: caption}`` / ``{id: [reference, ...]}`` inputs and tokenize them with :func:`coco_tokenize`."""
@@ -51,8 +51,8 @@ def _prepare(
         if len(candidates) == 0:
             raise ValueError(f"image {key!r} has no reference captions; give it at least one reference or leave "
                              "it out of both predictions and references")
-        hyps.append(_coco_tokens(caption))
-        ref_tokens.append([_coco_tokens(_check_reference(key, ref)) for ref in candidates])
+        hyps.append(cached_coco_tokens(caption))
+        ref_tokens.append([cached_coco_tokens(_check_reference(key, ref)) for ref in candidates])
     return hyps, ref_tokens
 
 
@@ -136,7 +136,7 @@ def _clipped_matches(grams: _Grams, ref_image: np.ndarray) -> int:
     return int(np.minimum(grams.hyp_count, max_counts[pos])[found].sum())
 
 
-def _bleu_from_tokens(hyps: list[Tokens], refs: list[list[Tokens]], n: int = 4) -> list[float]:
+def bleu_from_tokens(hyps: list[Tokens], refs: list[list[Tokens]], n: int = 4) -> list[float]:
     """Corpus BLEU-1..n exactly as pycocoevalcap's ``BleuScorer.compute_score(option="closest")``.
 
     Clipped n-gram matches and candidate n-gram counts are summed over the corpus; the reference length of an image
@@ -182,8 +182,8 @@ def bleu(preds: Mapping[Hashable, str], refs: Mapping[Hashable, Sequence[str]], 
     """
     if n < 1:
         raise ValueError(f"n must be at least 1 (the highest n-gram order), got {n}")
-    hyps, ref_tokens = _prepare(preds, refs)
-    return {f"bleu{k + 1}": score for k, score in enumerate(_bleu_from_tokens(hyps, ref_tokens, n))}
+    hyps, ref_tokens = prepare_tokens(preds, refs)
+    return {f"bleu{k + 1}": score for k, score in enumerate(bleu_from_tokens(hyps, ref_tokens, n))}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -210,7 +210,7 @@ def _cider_order(grams: _Grams, ref_image: np.ndarray, num_images: int) -> tuple
     return np.bincount(grams.ref_sent, shared, minlength=len(ref_image)), hyp_norm, ref_norm
 
 
-def _cider_from_tokens(hyps: list[Tokens], refs: list[list[Tokens]], n: int = 4, sigma: float = 6.0) -> np.ndarray:
+def cider_from_tokens(hyps: list[Tokens], refs: list[list[Tokens]], n: int = 4, sigma: float = 6.0) -> np.ndarray:
     """Per-image CIDEr-D exactly as pycocoevalcap's ``CiderScorer`` (its mean is the corpus score).
 
     IDF comes from the evaluated references (document = one image's reference set, log of the number of images as
@@ -255,8 +255,8 @@ def cider(preds: Mapping[Hashable, str], refs: Mapping[Hashable, Sequence[str]],
     """
     if n < 1 or sigma <= 0:
         raise ValueError(f"need n >= 1 and sigma > 0 (coco-caption: n=4, sigma=6), got n={n}, sigma={sigma}")
-    hyps, ref_tokens = _prepare(preds, refs)
-    return float(np.mean(_cider_from_tokens(hyps, ref_tokens, n, sigma)))
+    hyps, ref_tokens = prepare_tokens(preds, refs)
+    return float(np.mean(cider_from_tokens(hyps, ref_tokens, n, sigma)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -280,7 +280,7 @@ def _lcs_length(a: Tokens, b: Tokens) -> int:
     return len(a) - v.bit_count()
 
 
-def _rouge_from_tokens(hyps: list[Tokens], refs: list[list[Tokens]], beta: float = 1.2) -> np.ndarray:
+def rouge_from_tokens(hyps: list[Tokens], refs: list[list[Tokens]], beta: float = 1.2) -> np.ndarray:
     """Per-image ROUGE-L exactly as pycocoevalcap's ``Rouge`` (its mean is the corpus score).
 
     Precision and recall of the LCS are maximised over the references separately, then combined as
@@ -313,5 +313,5 @@ def rouge_l(preds: Mapping[Hashable, str], refs: Mapping[Hashable, Sequence[str]
         ValueError: no predictions, ids that differ between ``preds`` and ``refs``, or an image without references.
         TypeError: a caption that is not a string.
     """
-    hyps, ref_tokens = _prepare(preds, refs)
-    return float(np.mean(_rouge_from_tokens(hyps, ref_tokens, beta)))
+    hyps, ref_tokens = prepare_tokens(preds, refs)
+    return float(np.mean(rouge_from_tokens(hyps, ref_tokens, beta)))

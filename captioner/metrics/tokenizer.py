@@ -205,7 +205,7 @@ def _longest_match(text: str, pos: int) -> tuple[int, str | None]:
 
 
 @lru_cache(maxsize=1 << 16)
-def _coco_tokens(text: str) -> tuple[str, ...]:
+def cached_coco_tokens(text: str) -> tuple[str, ...]:
     """Cached body of :func:`coco_tokenize` (captions repeat a lot in evaluation)."""
     text = text.replace("\u00ad", "") + "\n"  # soft hyphens vanish; a caption ends with a newline in Java's input
     tokens: list[str] = []
@@ -245,4 +245,4 @@ def coco_tokenize(text: str) -> list[str]:
     """
     if not isinstance(text, str):
         raise TypeError(f"coco_tokenize expects a caption string, got {type(text).__name__}: {text!r}")
-    return list(_coco_tokens(text))
+    return list(cached_coco_tokens(text))

@@ -4,8 +4,8 @@ cut with a warning), through ``captioner data check``, ``train`` and ``evaluate`
 import json
 
 import pytest
-
 from badfiles import photo
+
 from captioner.cli import main
 
 IMAGES = [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b.jpg"}]

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from badfiles import INVALID, REASONS, VALID, make_image_zoo, photo
+from conftest import make_caption_folder, tiny_config
+
 from captioner.cli import main
 from captioner.images import load_image
-from conftest import make_caption_folder, tiny_config
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def zoo(tmp_path, deny_unreadable):
 
 @pytest.fixture
 def model_dir(vocab, tmp_path):
-    from captioner.model import Captioner
+    from captioner.pipeline import Captioner
 
     torch.manual_seed(0)
     Captioner(tiny_config(len(vocab)), vocab).save_pretrained(tmp_path / "model")
@@ -133,8 +133,8 @@ def test_server_captions_the_valid_uploads_and_names_the_invalid(zoo, vocab):
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
-    from captioner.model import Captioner
-    from captioner.server import create_app
+    from captioner.pipeline import Captioner
+    from captioner.serving.server import create_app
 
     torch.manual_seed(0)
     model = Captioner(tiny_config(len(vocab)), vocab).eval()

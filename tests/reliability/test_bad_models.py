@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from badfiles import photo
-from captioner.cli import main
-from captioner.model import Captioner
 from conftest import tiny_config
+
+from captioner.cli import main
+from captioner.pipeline import Captioner
 
 PACKAGE = Path(__file__).resolve().parents[2] / "captioner"
 

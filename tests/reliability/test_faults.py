@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import kill_when_logged, make_caption_folder, start_cli
 
 from captioner.cli import main
-from conftest import kill_when_logged, make_caption_folder, start_cli
 
 TEMPLATES = ["a {c} {s}", "one {c} {s}", "a {s} that is {c}", "there is a {c} {s}", "the {s} is {c}"]
 
@@ -128,9 +128,9 @@ def test_a_damaged_feature_cache_is_detected_and_rebuilt(tiny_model, shapes_data
 
 def _nan_at(monkeypatch, steps):
     """Make the features (hence the loss) of the given global steps NaN."""
-    from captioner import train
+    from captioner.training import xe
 
-    original = train._train_features
+    original = xe._train_features
 
     def poisoned(run, rows, mirror):
         features, index = original(run, rows, mirror)
@@ -138,7 +138,7 @@ def _nan_at(monkeypatch, steps):
             features = features * float("nan")
         return features, index
 
-    monkeypatch.setattr(train, "_train_features", poisoned)
+    monkeypatch.setattr(xe, "_train_features", poisoned)
 
 
 def test_nan_steps_are_skipped_with_a_warning_and_change_nothing(data, tmp_path, monkeypatch, caplog):
@@ -192,8 +192,8 @@ def test_disk_full_while_saving_the_state_is_one_error_and_keeps_the_previous(da
 def test_disk_full_while_saving_the_model_keeps_the_previous_model(tiny_model, tmp_path, monkeypatch):
     import safetensors.torch
 
-    from captioner.checkpoint import SaveError
-    from captioner.model import Captioner
+    from captioner.fileio import SaveError
+    from captioner.pipeline import Captioner
 
     tiny_model.save_pretrained(tmp_path / "model")
     before = (tmp_path / "model" / "model.safetensors").read_bytes()
@@ -210,8 +210,8 @@ def test_disk_full_while_saving_the_model_keeps_the_previous_model(tiny_model, t
 def test_disk_full_while_appending_to_the_feature_cache_keeps_its_index(tmp_path, monkeypatch):
     import builtins
 
-    from captioner.checkpoint import SaveError
     from captioner.data.cache import FeatureCache
+    from captioner.fileio import SaveError
 
     cache = FeatureCache(tmp_path, "enc|w|pre", 4)
     cache.add(["a"], np.ones((1, 4), np.float32))

@@ -1,0 +1,2 @@
+"""ONNX export (:func:`captioner.export.onnx.export_onnx`) and the ONNX Runtime backend
+(:class:`captioner.export.runtime.OnnxCaptioner`); onnx and onnxruntime are imported only here."""

@@ -1,0 +1,115 @@
+"""How to search: :class:`GenerationConfig`, and what a search returns: :class:`Hypothesis`.
+
+``GenerationConfig`` is the one place that decides what its settings mean together (``beam_size=1`` is greedy
+search; guided decoding cannot sample; a model's own defaults fill in what the config leaves open).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from captioner.config import check_no_repeat_ngram
+
+if TYPE_CHECKING:
+    import torch
+
+METHODS = ("greedy", "beam", "sample")
+
+
+@dataclass
+class GenerationConfig:
+    """How to search.
+
+    Attributes:
+        method: ``greedy``, ``beam`` or ``sample``; ``beam`` with ``beam_size=1`` is greedy search (the config says
+            so: its ``method`` becomes ``greedy``).
+        beam_size: beams per image (``beam``).
+        max_length: maximum generated tokens, ``<end>`` included.
+        length_penalty: beams are ranked by ``log_prob / length ** length_penalty`` (0: plain log-probability).
+        n_best: hypotheses returned per image: the best ``n_best`` beams (at most ``beam_size``), or ``n_best``
+            independent samples; greedy search returns one.
+        temperature: logits are divided by this before sampling.
+        top_k: sample only among the k most likely tokens (0: all).
+        seed: seed for sampling (None: torch's global generator).
+        return_attention: give each hypothesis the attention weights of its words (attention models only).
+        no_repeat_ngram: never generate an n-gram of this size twice in one caption ("a red shirt and a red
+            shirt" with 2); 0 turns the guard off; None (default) uses the model's own setting
+            (``ModelConfig.no_repeat_ngram``, 0 for models that have none, so they caption as they always did).
+        guided: tag-guided decoding: the encoder's ImageNet tags whose probability reaches ``tag_threshold`` (at
+            most ``max_tags``) must appear in the caption (constrained beam search, :mod:`captioner.generation.guided`).
+        tags: words (or short phrases) every image's caption must contain: guided decoding with given tags instead of
+            the encoder's; a single string is one tag.
+        tag_threshold: the probability an image tag needs (summed over the ImageNet classes that map to its word).
+        max_tags: at most this many tags per image.
+    """
+
+    method: str = "beam"
+    beam_size: int = 3
+    max_length: int = 20
+    length_penalty: float = 0.0
+    n_best: int = 1
+    temperature: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    return_attention: bool = False
+    no_repeat_ngram: int | None = None
+    guided: bool = False
+    tags: tuple[str, ...] | None = None
+    tag_threshold: float = 0.1
+    max_tags: int = 2
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if isinstance(self.tags, str):
+            self.tags = (self.tags,)  # one tag, not its letters
+        elif self.tags is not None:
+            self.tags = tuple(self.tags)
+        if self.beam_size < 1 or self.max_length < 1 or self.n_best < 1:
+            raise ValueError("beam_size, max_length and n_best must be at least 1")
+        if self.method == "beam" and self.n_best > self.beam_size:
+            raise ValueError(f"n_best ({self.n_best}) cannot exceed beam_size ({self.beam_size})")
+        if self.method == "beam" and self.beam_size == 1:
+            self.method = "greedy"  # the one place where one beam means greedy search
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.no_repeat_ngram is not None:
+            check_no_repeat_ngram(self.no_repeat_ngram)
+        if not 0 < self.tag_threshold <= 1:
+            raise ValueError(f"tag_threshold is a probability in (0, 1], got {self.tag_threshold}")
+        if self.max_tags < 1:
+            raise ValueError(f"max_tags must be at least 1, got {self.max_tags}")
+        if (self.guided or self.tags) and self.method == "sample":
+            raise ValueError("guided decoding searches (beam or greedy); it cannot sample")
+
+
+@dataclass
+class Hypothesis:
+    """One generated caption.
+
+    Attributes:
+        tokens: generated ids, without ``<start>`` and ``<end>``.
+        log_prob: sum of the log-probabilities of the tokens, ``<end>`` included when emitted.
+        score: the ranking score (``log_prob`` with the length penalty applied).
+        finished: True when the caption ended with ``<end>`` (False: cut at ``max_length``).
+        attention: with ``GenerationConfig.return_attention``, the attention weights over the image locations when
+            each token was generated, ``(len(tokens), L)``, each row summing to 1; else None.
+        tags: for guided decoding, the image's tags the caption was asked to contain (:class:`Tag` each); else None.
+    """
+
+    tokens: list[int]
+    log_prob: float
+    score: float
+    finished: bool
+    attention: torch.Tensor | None = None
+    tags: list | None = None
+
+
+def with_model_defaults(config: GenerationConfig, decoder) -> GenerationConfig:
+    """``config`` with what it leaves to the model filled in: ``no_repeat_ngram=None`` becomes the decoder's own
+    setting (0 for models that have none)."""
+    if config.no_repeat_ngram is None:
+        return dataclasses.replace(config, no_repeat_ngram=getattr(decoder.config, "no_repeat_ngram", 0))
+    return config
