@@ -9,7 +9,7 @@ epochs, then ``--scst-epochs`` self-critical epochs; the selected model is then 
 shows whether clipping ever engages. Each row also gives the training minutes and the search speed on cached
 features (images/s, beam 3, batch 128), where an ensemble's cost shows.
 
-``--ensembles sat:3,5`` adds ensembles of the first 3 and 5 seeds of a variant (``captioner.ensemble.combine``);
+``--ensembles sat:3,5`` adds ensembles of the first 3 and 5 seeds of a variant (``captioner.combine.combine``);
 ``--average sat:3`` the weight average of the last 3 epoch models of the variant's first seed.
 
 Usage: python scripts/ablation.py [--data ../shared/data/flickr8k] [--encoder efficientnet_lite2] [--epochs 6]
@@ -49,16 +49,17 @@ CLIP = 5.0
 
 
 def _decoding(name: str):
-    from captioner.generate import GenerationConfig
+    from captioner.generation import GenerationConfig
 
     return GenerationConfig(method="greedy") if name == "greedy" else GenerationConfig(beam_size=int(name[4:]))
 
 
 def run_one(name: str, seed: int, args: argparse.Namespace, threads: int) -> dict:
     """Train one variant with one seed (or read its earlier result) and score it on val."""
-    from captioner.config import ModelConfig, TrainConfig
-    from captioner.model import Captioner
-    from captioner.train import train
+    from captioner.config import ModelConfig
+    from captioner.pipeline import Captioner
+    from captioner.training.config import TrainConfig
+    from captioner.training.loop import train
 
     out = args.out / f"{name}-s{seed}"
     if (out / "result.json").is_file():
@@ -123,8 +124,8 @@ def search_speed(model, args: argparse.Namespace) -> float:
 
 def combined(args: argparse.Namespace, results: list[dict]) -> list[dict]:
     """Ensembles (``--ensembles``) and checkpoint averages (``--average``) of trained runs, scored like them."""
-    from captioner.ensemble import combine
-    from captioner.model import Captioner
+    from captioner.combine import combine
+    from captioner.pipeline import Captioner
 
     records = []
     for spec, average in [(s, False) for s in args.ensembles.split(",") if s] + [

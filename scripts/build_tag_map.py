@@ -1,6 +1,6 @@
-"""Build captioner/imagenet_words.json: one short caption word for each of the 1,000 ImageNet classes.
+"""Build captioner/generation/imagenet_words.json: one short caption word for each of the 1,000 ImageNet classes.
 
-The class names ship with torchvision (``captioner.encoders.imagenet_categories``). ILSVRC orders its classes by the
+The class names ship with torchvision (``captioner.models.encoders.imagenet_categories``). ILSVRC orders its classes by the
 WordNet hierarchy, so the animals come in runs of one kind (indices 151-268 are all dog breeds); the rules, in order:
 
 1. a hand correction (``CORRECTIONS`` below, each with its reason) when there is one;
@@ -12,7 +12,7 @@ WordNet hierarchy, so the animals come in runs of one kind (indices 151-268 are 
 Each class also gets a coarse group (animal, food, plant, place, person, object), used to initialise words the
 decoder's vocabulary lacks. nltk's WordNet corpus is not available offline here, so hypernyms are not used.
 
-Usage: python scripts/build_tag_map.py [--out captioner/imagenet_words.json]
+Usage: python scripts/build_tag_map.py [--out captioner/generation/imagenet_words.json]
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def word_for(index: int, category: str) -> tuple[str, str]:
 
 
 def build() -> dict:
-    from captioner.encoders import imagenet_categories
+    from captioner.models.encoders import imagenet_categories
 
     categories = imagenet_categories()
     entries = []
@@ -150,7 +150,8 @@ def build() -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "captioner" / "imagenet_words.json"))
+    default = Path(__file__).resolve().parents[1] / "captioner" / "generation" / "imagenet_words.json"
+    parser.add_argument("--out", default=str(default))
     args = parser.parse_args()
     table = build()
     Path(args.out).write_text(json.dumps(table, indent=0, ensure_ascii=False) + "\n", encoding="utf-8")

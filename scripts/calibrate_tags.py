@@ -18,11 +18,12 @@ from pathlib import Path
 
 import torch
 
-from captioner.config import TrainConfig
 from captioner.features import image_features
-from captioner.model import TAG_CALIBRATION_FILE, Captioner, resolve_model_dir
-from captioner.splits import load_splits
-from captioner.tags import image_tags
+from captioner.generation import GenerationConfig
+from captioner.models.files import TAG_CALIBRATION_FILE, resolve_model_dir
+from captioner.pipeline import Captioner
+from captioner.training.config import TrainConfig
+from captioner.training.splits import load_splits
 from captioner.vocab import tokenize
 
 
@@ -33,7 +34,8 @@ def count_tags(model, dataset, cache_dir, threshold: float, max_tags: int) -> di
     fired, named = Counter(), Counter()
     for start in range(0, len(dataset), 256):
         rows = [i for i in range(start, min(start + 256, len(dataset))) if i not in failed]
-        for i, tags in zip(rows, image_tags(model, features[torch.tensor(rows)], threshold, max_tags)):
+        config = GenerationConfig(tag_threshold=threshold, max_tags=max_tags)
+        for i, tags in zip(rows, model.image_tags(features[torch.tensor(rows)], config)):
             refs = {w for caption in dataset.items[i].captions for w in tokenize(caption)}
             for tag in tags:
                 fired[tag.word] += 1

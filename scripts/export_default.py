@@ -15,25 +15,26 @@ Usage: python scripts/export_default.py RUN_DIR [RUN_DIR ...] --data ../shared/d
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
-import dataclasses
 import tempfile
 from pathlib import Path
 
-from captioner.checkpoint import files_sha256
+from captioner.combine import combine
 from captioner.data import load_dataset
-from captioner.encoders import get_spec
-from captioner.ensemble import combine
 from captioner.evaluate import evaluate
-from captioner.generate import GenerationConfig
-from captioner.model import DEFAULT_MODEL_DIR, Captioner
-from captioner.runreport import architecture_lines
+from captioner.fileio import files_sha256
+from captioner.generation import GenerationConfig
+from captioner.models.encoders import get_spec
+from captioner.models.files import DEFAULT_MODEL_DIR
+from captioner.pipeline import Captioner
+from captioner.training.report import architecture_lines
 
 IMAGE_MEAN_LINE = ("- `image_mean.safetensors`: the mean feature map of the training images (written by `captioner "
                    "train`), the 'no particular image' of `captioner visualize`'s image sensitivity; captioning never "
                    "reads it")
-from captioner.splits import hold_out
+from captioner.training.splits import hold_out
 
 BEAM3 = GenerationConfig(beam_size=3)
 

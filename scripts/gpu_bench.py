@@ -21,26 +21,28 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import build_recipe_run, caption_batch, recipe_batches, val_images  # noqa: E402
+from bench.captioning import caption_batch  # noqa: E402
+from bench.common import val_images  # noqa: E402
+from bench.training import build_recipe_run, recipe_batches  # noqa: E402
 
 
 def time_training(data: Path, cache: Path, tmp: Path, precision: str, steps: int, device: str,
                   train_images: int = 0) -> dict:
     """Captions/s of ``steps`` steps after 10 warm-up steps, and the mean loss of the last 10."""
-    from captioner.train import _train_mode, _xe_step
+    from captioner.training.xe import train_mode, xe_step
 
     run, _ = build_recipe_run(data, cache, tmp / precision, os.cpu_count() or 1, train_images, device,
                               precision)
     batches = recipe_batches(run)
     while len(batches) < steps + 10:
         batches = batches + batches
-    _train_mode(run)
+    train_mode(run)
     for batch in batches[:10]:
-        _xe_step(run, batch)
+        xe_step(run, batch)
     _sync(device)
     t0, losses = time.perf_counter(), []
     for batch in batches[10 : 10 + steps]:
-        losses.append(_xe_step(run, batch)[0])  # .item() inside syncs each step, as the real loop does
+        losses.append(xe_step(run, batch)[0])  # .item() inside syncs each step, as the real loop does
     seconds = time.perf_counter() - t0
     captions = sum(len(b) for b in batches[10 : 10 + steps])
     return {"captions_per_s": round(captions / seconds, 1), "step_ms": round(1000 * seconds / steps, 2),
@@ -56,8 +58,8 @@ def _sync(device: str) -> None:
 
 def time_captioning(paths: list[Path], batch: int, device: str) -> float:
     """Images/s of encoder + beam 3 on CUDA (model load and a warm-up batch excluded)."""
-    from captioner.generate import GenerationConfig
-    from captioner.model import Captioner
+    from captioner.generation import GenerationConfig
+    from captioner.pipeline import Captioner
 
     model = Captioner.from_pretrained("default", device=device)
     config = GenerationConfig(method="beam", beam_size=3)
@@ -72,8 +74,8 @@ def time_captioning(paths: list[Path], batch: int, device: str) -> float:
 
 def cpu_agreement(paths: list[Path], device: str) -> dict:
     """Greedy captions of the same images on CPU and CUDA: how many are identical."""
-    from captioner.generate import GenerationConfig
-    from captioner.model import Captioner
+    from captioner.generation import GenerationConfig
+    from captioner.pipeline import Captioner
 
     config = GenerationConfig(method="greedy")
     got = {d: caption_batch(Captioner.from_pretrained("default", device=d), paths, config) for d in ("cpu", device)}

@@ -1,7 +1,7 @@
 """Plain vs tag-guided decoding: BLEU-4, CIDEr-D and the share of captions naming the photo's main object.
 
-The main object of an image is the tag word (any word of captioner/imagenet_words.json) that most of its reference
-captions use: the most frequent such word, if at least two references contain it (images without one are left out
+The main object of an image is the tag word (any word of captioner/generation/imagenet_words.json) that most of its
+reference captions use: the most frequent such word, if at least two references contain it (images without one are left out
 of the share). A caption names it when it contains that word.
 
 Usage: python scripts/guided_eval.py --data ../shared/data/coco_mini --split all [--thresholds 0.2,0.3,0.5]
@@ -16,10 +16,10 @@ from collections import Counter
 
 from captioner.data import load_dataset
 from captioner.evaluate import evaluate
-from captioner.generate import GenerationConfig
-from captioner.model import Captioner
-from captioner import tags
-from captioner.tags import tag_table
+from captioner.generation import GenerationConfig
+from captioner.generation import guided as guided_module
+from captioner.generation.tags import tag_table
+from captioner.pipeline import Captioner
 from captioner.vocab import tokenize
 
 
@@ -57,9 +57,9 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--out", default=None)
     parser.add_argument("--new-row-init", choices=["group", "all"], default="group",
-                        help="how rows of words the decoder lacks start (captioner.tags.NEW_ROW_INIT)")
+                        help="how rows of words the decoder lacks start (captioner.generation.guided.NEW_ROW_INIT)")
     args = parser.parse_args()
-    tags.NEW_ROW_INIT = args.new_row_init
+    guided_module.NEW_ROW_INIT = args.new_row_init
     model = Captioner.from_pretrained(args.model)
     dataset = load_dataset(args.data, args.split)
     if args.limit:

@@ -12,11 +12,11 @@ import json
 
 import torch
 
-from captioner.config import TrainConfig
-from captioner.generate import GenerationConfig
-from captioner.model import Captioner
-from captioner.splits import load_splits, prepare_split
-from captioner.visualize import image_sensitivity, trace
+from captioner.generation import GenerationConfig
+from captioner.inspection.visualize import image_sensitivity, trace
+from captioner.pipeline import Captioner
+from captioner.training.config import TrainConfig
+from captioner.training.splits import load_splits, prepare_split
 
 
 def by_step(model: Captioner, features: torch.Tensor, max_length: int) -> list[tuple[float, int]]:
