@@ -13,7 +13,7 @@ from captioner.data import load_dataset
 def _dataset(tmp_path):
     root = make_caption_folder(
         tmp_path / "ds",
-        {"a.jpg": ["A dog runs", "a dog runs."], "b.jpg": ["A cat"], "c.jpg": ["..."], "d.jpg": ["A bird"]},
+        {"a.jpg": ["A dog runs", "a dog runs."], "b.jpg": ["A cat"], "c.jpg": ["...", "A fish"], "d.jpg": ["A bird"]},
         {"train": ["a.jpg", "b.jpg", "c.jpg"], "val": ["d.jpg"]},
     )
     Image.new("RGB", (8, 8)).save(root / "images" / "a.jpg")
@@ -31,7 +31,8 @@ def test_check_reports_counts_and_errors(tmp_path, capsys):
             train["duplicate_captions"]) == (3, 4, 1, 1, 1)
     assert report["splits"]["val"]["bad_images"] == 1 and report["splits"]["val"]["vocab_coverage"] == 0.5
     errors = " ".join(report["errors"])
-    assert "c.jpg: not an image" in errors and "d.jpg: missing file" in errors and "1 empty caption" in errors
+    assert "c.jpg: not an image" in errors and "d.jpg: missing file" in errors
+    assert f"{tmp_path / 'ds' / 'captions.txt'}:5: empty caption (no words in '...')" in report["errors"]
 
 
 def test_check_clean_dataset_exits_zero(shared_data, capsys):

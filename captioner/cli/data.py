@@ -17,13 +17,17 @@ def add_parser(sub) -> None:
     check = actions.add_parser(
         "check", help="report counts and problems of a dataset",
         description="Print per split: images, captions, unreadable or missing images, empty and duplicate "
-        "captions, caption length distribution and vocabulary coverage. Exits 1 when there are errors.")
+        "captions, caption length distribution and vocabulary coverage; then, on stderr, one 'warning: ...' or "
+        "'error: ...' line per problem, naming the file and line (or JSON entry): every entry of every file is "
+        "either used or listed. Exits 1 when there are errors.")
     _source_options(check)
     check.add_argument("--min-count", type=positive_int, default=5,
                        help="vocabulary threshold for the coverage column (default: 5)")
     check.add_argument("--no-verify-images", action="store_true",
                        help="only check that image files exist (faster) instead of decoding each")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.add_argument("--max-problems", type=non_negative_int, default=50, metavar="N",
+                       help="list at most N errors and N warnings, then count the rest (0: list all; default: 50)")
     add_image_options(check, bad_image_choice=False)
     check.set_defaults(run=run_check)
 
@@ -103,16 +107,20 @@ def _source_options(parser: argparse.ArgumentParser) -> None:
 
 def run_check(args: argparse.Namespace) -> int:
     from captioner.data import DatasetError
-    from captioner.data.check import check_dataset, format_report
+    from captioner.data.check import check_dataset, format_report, problem_lines
 
     apply_image_options(args)
     try:
         report = check_dataset(args.path, args.data_format, args.images, args.min_count,
-                               verify_images=not args.no_verify_images)
+                               verify_images=not args.no_verify_images, progress=sys.stderr.isatty(),
+                               max_listed=args.max_problems)
     except DatasetError as err:
         raise CliError(str(err)) from None
     print(json.dumps(report, indent=2) if args.json else format_report(report))
-    return 1 if report["errors"] else 0
+    sys.stdout.flush()
+    for line in problem_lines(report):
+        print(line, file=sys.stderr)
+    return 1 if report["error_count"] else 0
 
 
 def run_convert(args: argparse.Namespace) -> int:

@@ -9,7 +9,6 @@ for in ``--images``, else ``images/`` beside the annotations or one level up, el
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from functools import lru_cache
 from pathlib import Path
@@ -20,14 +19,15 @@ from captioner.data.base import (
     DatasetError,
     DatasetFormat,
     ImageItem,
-    check_caption,
+    Problems,
     first_dir,
+    image_name,
     read_json,
     register_format,
-    safe_image_name,
+    split_name_clashes,
+    take_caption,
 )
-
-logger = logging.getLogger(__name__)
+from captioner.data.problems import shorten
 
 
 @lru_cache(maxsize=4)
@@ -65,16 +65,17 @@ def coco_splits(path: Path) -> list[str]:
     if path.is_dir():
         return list(_annotation_files(path))
     data = load_json(path)
-    tagged = {img.get("split") for img in data.get("images", []) if isinstance(img, dict) and img.get("split")}
+    tagged = {img["split"] for img in data.get("images", [])
+              if isinstance(img, dict) and isinstance(img.get("split"), str) and img["split"]}
     return ["all", *sorted(tagged)]
 
 
-def load_coco(path: Path, split: str, images: Path | None = None) -> CaptionSet:
-    """Load a COCO captions file (or one split of a directory of them)."""
+def load_coco(path: Path, split: str, images: Path | None, problems: Problems) -> CaptionSet:
+    """Load a COCO captions file (or one split of a directory of them), recording bad entries in ``problems``."""
     if path.is_dir():
         files = _annotation_files(path)
         if split not in files:
-            raise DatasetError(f"{path}: no annotations/captions_{split}.json (available splits: "
+            raise DatasetError(f"{path}: no annotations/captions_{shorten(split)}.json (available splits: "
                                f"{', '.join(files) or 'none'})")
         file, file_split = files[split], "all"
     else:
@@ -82,52 +83,74 @@ def load_coco(path: Path, split: str, images: Path | None = None) -> CaptionSet:
     data = load_json(file)
     if not _looks_like_coco(data):
         raise DatasetError(f"{file}: not a COCO captions file (needs 'images' and 'annotations' lists)")
-    entries = _image_entries(file, data["images"], file_split)
-    all_ids = {img["id"] for img in data["images"]}
-    captions = _captions_by_image(file, data["annotations"], all_ids)
+    if not data["images"]:
+        raise DatasetError(f"{file}: 'images' is empty: the file lists no image to caption")
+    entries, known = _image_entries(file, data["images"], file_split, problems)
+    captions = _captions_by_image(file, data["annotations"], known, problems)
     root = images or first_dir(
         [file.parent / "images", file.parent.parent / "images", file.parent.parent / split, file.parent / split],
         f"{file}")
-    items = [ImageItem(name, (root / name).resolve(), captions[i], image_id=i) for i, name in entries if captions[i]]
-    if len(items) < len(entries):
-        logger.info("%s: %d image(s) without captions left out", file, len(entries) - len(items))
+    items = []
+    for image_id, name, where in entries:
+        errors = problems.counts["error"]
+        kept = [c for w, raw in captions.get(image_id, []) if (c := take_caption(raw, w, problems)) is not None]
+        if kept:
+            items.append(ImageItem(name, (root / name).resolve(), kept, image_id=image_id))
+        elif problems.counts["error"] == errors:  # (a caption that is an error has been reported already)
+            problems.warning(where, f"image {shorten(name)} has no usable caption"
+                             f"{'' if image_id in captions else ' (no annotation names it)'}; left out")
     return CaptionSet(root=path, split=split, items=items)
 
 
-def _image_entries(file: Path, images: list, split: str) -> list[tuple[Any, str]]:
-    """``(id, file_name)`` of the images in the split, checked."""
-    entries, seen = [], set()
+def _image_entries(file: Path, images: list, split: str, problems: Problems) -> tuple[list[tuple[Any, str, str]], set]:
+    """``(id, file_name, where)`` of the images in the split, checked, and the ids of every image the file lists."""
+    entries, seen, first_split = [], set(), {}
     for n, img in enumerate(images):
         where = f"{file}: images[{n}]"
         if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
-            raise DatasetError(f"{where}: needs 'id' and 'file_name'")
+            problems.error(where, "needs 'id' and 'file_name'")
+            if isinstance(img, dict) and isinstance(img.get("id"), (int, str)):
+                seen.add(img["id"])  # its captions are not "of an unknown image": the entry itself is the error
+            continue
         image_id = img["id"]
         if not isinstance(image_id, (int, str)) or isinstance(image_id, bool):
-            raise DatasetError(f"{where}: 'id' must be an integer or string, got {image_id!r}")
+            problems.error(where, f"'id' must be an integer or string, got {shorten(image_id)}")
+            continue
         if image_id in seen:
-            raise DatasetError(f"{where}: duplicate image id {image_id!r}")
+            problems.error(where, f"duplicate image id {shorten(image_id)}")
+            continue
         seen.add(image_id)
+        if isinstance(img.get("split"), str):
+            first_split.setdefault(img["split"], where)
         if split != "all" and img.get("split") != split:
             continue
-        entries.append((image_id, safe_image_name(img["file_name"], f"{where} (id {image_id})")))
-    if split != "all" and not entries:
-        raise DatasetError(f"{file}: no image has split {split!r} (available: {', '.join(coco_splits(file))})")
-    return entries
+        where = f"{where} (id {shorten(image_id)})"
+        name = image_name(img["file_name"], where, problems)
+        if name is not None:
+            entries.append((image_id, name, where))
+    split_name_clashes({s: w for s, w in first_split.items() if s.casefold() == split.casefold()}, problems)
+    if split != "all" and split not in first_split:
+        raise DatasetError(f"{file}: no image has split {shorten(split)} (available: {', '.join(coco_splits(file))})")
+    return entries, seen
 
 
-def _captions_by_image(file: Path, annotations: Any, known: set) -> dict[Any, list[str]]:
-    """Captions grouped by image id; an annotation for an image the file does not list is an error."""
+def _captions_by_image(file: Path, annotations: Any, known: set, problems: Problems) -> dict[Any, list[tuple[str, Any]]]:
+    """``(where, raw caption)`` pairs grouped by image id; an annotation for an image the file does not list is an
+    error."""
     if not isinstance(annotations, list):
-        raise DatasetError(f"{file}: 'annotations' must be a list")
-    captions: dict[Any, list[str]] = defaultdict(list)
+        raise DatasetError(f"{file}: 'annotations' must be a list, got {type(annotations).__name__}")
+    captions: dict[Any, list[tuple[str, Any]]] = defaultdict(list)
     for n, ann in enumerate(annotations):
         where = f"{file}: annotations[{n}]"
         if not isinstance(ann, dict) or "image_id" not in ann or "caption" not in ann:
-            raise DatasetError(f"{where}: needs 'image_id' and 'caption'")
-        where += f" (id {ann.get('id')})"
-        if ann["image_id"] not in known:
-            raise DatasetError(f"{where}: image_id {ann['image_id']!r} is not in the file's images")
-        captions[ann["image_id"]].append(check_caption(ann["caption"], where))
+            problems.error(where, "needs 'image_id' and 'caption'")
+            continue
+        where += f" (id {shorten(ann.get('id'))})"
+        image_id = ann["image_id"]
+        if not isinstance(image_id, (int, str)) or isinstance(image_id, bool) or image_id not in known:
+            problems.error(where, f"image_id {shorten(image_id)} is not in the file's images")
+            continue
+        captions[image_id].append((where, ann["caption"]))
     return captions
 
 

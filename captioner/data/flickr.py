@@ -16,11 +16,13 @@ from captioner.data.base import (
     CaptionSet,
     DatasetError,
     DatasetFormat,
-    ImageItem,
+    Problems,
     first_dir,
+    image_name,
     register_format,
-    safe_image_name,
 )
+from captioner.data.folder import build_items, read_name_list
+from captioner.data.textfile import text_lines
 
 TOKEN_NAMES = ("Flickr8k.token.txt", "results_20130124.token", "Flickr30k.token.txt")
 SPLIT_SUFFIXES = {"train": "trainImages.txt", "val": "devImages.txt", "test": "testImages.txt"}
@@ -55,43 +57,43 @@ def flickr_splits(path: Path) -> list[str]:
     return ["all", *_split_files(token)] if token else []
 
 
-def read_token_file(token: Path) -> dict[str, list[str]]:
-    """``NAME.jpg#N<TAB>caption`` lines → image name → captions (file order)."""
-    captions: dict[str, list[str]] = defaultdict(list)
-    text = token.read_text(encoding="utf-8", errors="strict")
-    for number, line in enumerate(text.splitlines(), start=1):
+def read_token_file(token: Path, problems: Problems) -> dict[str, list[tuple[str, str]]]:
+    """``NAME.jpg#N<TAB>caption`` lines → image name → ``(where, raw caption)`` pairs (file order); bad lines are
+    recorded in ``problems``."""
+    captions: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for number, line in text_lines(token, problems):
+        where = f"{token}:{number}"
         if not line.strip():
             continue
-        key, sep, caption = line.partition("\t")
-        name, hash_sign, _ = key.partition("#")
-        if not sep or not hash_sign:
-            raise DatasetError(f"{token}:{number}: expected 'NAME.jpg#N<TAB>caption'")
-        captions[safe_image_name(name, f"{token}:{number}")].append(caption.strip())
+        fields = line.split("\t")
+        name, hash_sign, _ = fields[0].partition("#")
+        if len(fields) != 2 or not hash_sign:
+            found = "no tab" if len(fields) == 1 else ("no '#N' after the name" if len(fields) == 2 else
+                                                        f"{len(fields)} tab-separated fields")
+            problems.error(where, f"expected 'NAME.jpg#N<TAB>caption', found {found}")
+            continue
+        name = image_name(name, where, problems)
+        if name is not None:
+            captions[name].append((where, fields[1]))
     return captions
 
 
-def load_flickr(path: Path, split: str, images: Path | None = None) -> CaptionSet:
+def load_flickr(path: Path, split: str, images: Path | None, problems: Problems) -> CaptionSet:
     token = _token_file(path)
     if token is None:
         raise DatasetError(f"{path}: no Flickr token file ({', '.join(TOKEN_NAMES)})")
-    captions = read_token_file(token)
+    captions = read_token_file(token, problems)
     if split == "all":
-        names = list(captions)
+        names = {name: entries[0][0] for name, entries in captions.items()}
     else:
         files = _split_files(token)
         alias = "val" if split == "dev" else split
         if alias not in files:
             raise DatasetError(f"{token.parent}: no *{SPLIT_SUFFIXES.get(alias, alias + 'Images.txt')} split file "
                                f"(available splits: {', '.join(flickr_splits(path))})")
-        names = [safe_image_name(n, f"{files[alias]}:{i}")
-                 for i, n in enumerate(files[alias].read_text(encoding="utf-8").split(), start=1)]
-        missing = [n for n in names if n not in captions]
-        if missing:
-            raise DatasetError(f"{files[alias]}: {len(missing)} image(s) have no caption in {token.name} "
-                               f"(first: {missing[0]})")
+        names = read_name_list(files[alias], problems)
     places = [token.parent / d for d in IMAGE_DIRS] + [token.parent.parent / d for d in IMAGE_DIRS]
-    root = images or first_dir(places, str(token))
-    items = [ImageItem(n, (root / n).resolve(), captions[n]) for n in dict.fromkeys(names)]
+    items = build_items(names, captions, images or first_dir(places, str(token)), token.name, problems)
     return CaptionSet(root=path, split=split, items=items)
 
 
