@@ -1,10 +1,14 @@
+import builtins
 import io
+import os
+import stat
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
-from captioner.images import ImageLoadError, load_image
+import captioner.images as images
+from captioner.images import ImageLoadError, decode_image, load_image
 
 
 def _save(img: Image.Image, path, fmt="PNG", **kw):
@@ -70,5 +74,79 @@ def test_bad_files_raise_one_line_errors(tmp_path):
 def test_decompression_bomb_guard_is_kept(tmp_path, monkeypatch):
     path = _save(Image.new("RGB", (64, 64)), tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    with pytest.raises(ImageLoadError, match="decompression-bomb"):
+    with pytest.raises(ImageLoadError, match="decompression-bomb") as info:
         load_image(path)
+    assert "--max-image-pixels" in str(info.value) and "4,096 pixels" in str(info.value)  # what to do, and why
+
+
+def test_a_name_too_long_for_the_file_system_is_a_load_error(tmp_path):
+    """Issue 26, item 7: a 300-character file name raised OSError (ENAMETOOLONG) from exists()."""
+    with pytest.raises(ImageLoadError, match="file name too long") as info:
+        load_image(tmp_path / ("x" * 296 + ".jpg"))
+    assert "300 bytes" in str(info.value)
+    with pytest.raises(ImageLoadError, match="invalid file name"):
+        load_image(str(tmp_path / "nul\0.jpg"))
+
+
+def _deny(monkeypatch, where, function, path):
+    def denied(file, *args, **kwargs):
+        if os.fspath(file) == os.fspath(path):
+            raise PermissionError(13, "Permission denied", str(file))
+        return function(file, *args, **kwargs)
+
+    monkeypatch.setattr(where, function.__name__, denied)
+
+
+@pytest.mark.parametrize("call", ["stat", "open"])
+def test_permission_problems_are_load_errors(tmp_path, monkeypatch, call):
+    """A file in a folder this user cannot search fails in stat(), an unreadable file in open() (simulated: root
+    passes permission checks)."""
+    path = _save(Image.new("RGB", (4, 4)), tmp_path / "p.png")
+    _deny(monkeypatch, *((os, os.stat) if call == "stat" else (builtins, builtins.open)), path)
+    with pytest.raises(ImageLoadError, match="permission denied"):
+        load_image(path)
+
+
+def test_a_pipe_or_device_is_refused_without_being_opened(tmp_path, monkeypatch):
+    path = _save(Image.new("RGB", (4, 4)), tmp_path / "fifo.png")
+    real_stat = os.stat
+    fifo = os.stat_result((stat.S_IFIFO | 0o644,) + tuple(real_stat(path))[1:])
+    monkeypatch.setattr(os, "stat", lambda p, *a, **k: fifo if os.fspath(p) == os.fspath(path) else real_stat(p))
+    with pytest.raises(ImageLoadError, match="not a regular file"):
+        load_image(path)  # opening a FIFO would wait for a writer forever
+
+
+def test_errors_inside_pillow_are_load_errors_and_bugs_elsewhere_propagate(monkeypatch):
+    """KeyError/IndexError/TypeError mean damaged data only when Pillow raises them (a plugin indexing a table with a
+    byte from the file); raised by captioner's own code they are bugs and must not be hidden."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buffer, "PNG")
+
+    def damaged(self):
+        raise KeyError(b"\xff" * 5000)
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load_end", damaged)  # called by Pillow's ImageFile.load
+    with pytest.raises(ImageLoadError, match="KeyError") as info:
+        decode_image(buffer.getvalue())
+    assert "\n" not in str(info.value) and len(str(info.value)) < 250  # bounded, one line
+    monkeypatch.undo()
+    monkeypatch.setattr(images, "to_rgb", lambda img: {}["bug"])
+    with pytest.raises(KeyError):
+        decode_image(buffer.getvalue())
+
+
+def test_min_side_must_be_a_positive_integer(tmp_path):
+    path = _save(Image.new("RGB", (4, 4)), tmp_path / "p.png")
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="min_side"):
+            load_image(path, min_side=bad)
+
+
+def test_declared_size_reads_the_header_only(monkeypatch):
+    """For a server's pixel budget: the size a file declares, under the same warning handling as decoding."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (640, 480)).save(buffer, "PNG")
+    assert images.declared_size(buffer.getvalue()) == (640, 480)
+    assert images.declared_size(b"not an image") is None
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    assert images.declared_size(buffer.getvalue()) is None  # decoding would refuse it: the bomb message says why
