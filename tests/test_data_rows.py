@@ -235,3 +235,32 @@ def test_an_image_in_two_joined_splits_is_used_once_with_a_warning(tmp_path, cap
     data = load_dataset(path, "train+restval")
     assert [i.captions for i in data] == [["A dog."]]
     assert "image 'a.jpg' is in split 'restval' too" in caplog.text
+
+
+@pytest.mark.parametrize("fmt", ["coco", "karpathy"])
+def test_json_split_fields_differing_only_in_case_are_an_error(tmp_path, fmt):
+    path = tmp_path / "captions_x.json"
+    _images(tmp_path)
+    if fmt == "coco":
+        images = [{"id": 1, "file_name": "a.jpg", "split": "train"}, {"id": 2, "file_name": "b.jpg", "split": "Train"}]
+        path.write_text(json.dumps({"images": images, "annotations": [
+            {"id": 5, "image_id": 1, "caption": "a dog"}, {"id": 6, "image_id": 2, "caption": "a cat"}]}))
+    else:
+        path.write_text(json.dumps({"images": [
+            {"filename": "a.jpg", "split": "train", "sentences": [{"raw": "a dog"}]},
+            {"filename": "b.jpg", "split": "Train", "sentences": [{"raw": "a cat"}]}]}))
+    with pytest.raises(DatasetError, match=rf"{path}: images\[1\]: split 'Train' differs from split 'train' \(first "
+                                           rf"at {path}: images\[0\]\) only in case"):
+        load_dataset(path, "train")
+
+
+def test_train_and_evaluate_stop_on_one_line_naming_the_row(tmp_path, capsys):
+    path = _table(tmp_path, "image,caption,split\nimages/a.jpg,a dog,train\nimages/b.jpg,a cat,train,x\n")
+    for argv in (["train", "--data", str(path), "--out", str(tmp_path / "run"), "--train-split", "train",
+                  "--val-split", "none"],
+                 ["evaluate", "--data", str(path), "--split", "train"]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err.splitlines()
+        assert err == [f"error: {path}:3: expected 3 fields (image, caption, split), found 4 (a comma inside the "
+                       "caption? quote the caption)"], err
+    assert not (tmp_path / "run" / "model").exists()
