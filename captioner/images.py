@@ -210,7 +210,8 @@ def _read(fp: BinaryIO, min_side: int | None) -> Image.Image:
             reduced, exif = _png_in_bands(img, fp, factor)
         else:
             img.load()
-            reduced, exif = to_rgb(img).reduce(_reduction(img.size, min_side)), img.getexif()
+            reduced, exif = to_rgb(img), img.getexif()
+        reduced = reduced.reduce(_reduction(reduced.size, min_side))  # by 1: a copy, not the file's own image
         orientation = exif.get(ExifTags.Base.Orientation)
         method = _TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
         return reduced.transpose(method) if method is not None else reduced
@@ -231,16 +232,18 @@ def _decodes_in_bands(img: Image.Image) -> bool:
 
 
 def _png_in_bands(img: ImageFile.ImageFile, fp: BinaryIO, factor: int) -> tuple[Image.Image, Image.Exif]:
-    """Decode a PNG ``factor * k`` rows at a time, each band converted to RGB and reduced by ``factor`` at once.
+    """Decode a PNG a band of rows at a time, each band converted to RGB and reduced by ``factor`` at once.
 
     Each band is handed to Pillow's PNG row decoder ("zip") behind one unfiltered copy of the previous band's last
-    row, which the PNG filters of its first row refer to. The result equals ``to_rgb(full image).reduce(factor)``.
+    row, which the PNG filters of its first row refer to. The result equals ``to_rgb(full image).reduce(factor)``
+    unless ``factor`` rows exceed ``_BAND_BYTES`` (a tiny ``min_side``): bands then reduce less, the caller the rest.
 
     Returns:
         The reduced RGB image and the file's EXIF (for the orientation).
     """
     (width, height), rawmode = img.size, img.tile[0].args
     row_bytes = (_PNG_BAND_BITS[rawmode] * width + 7) // 8
+    factor = min(factor, max(1, _BAND_BYTES // row_bytes))
     rows = factor * max(1, _BAND_BYTES // (factor * row_bytes))
     stream = _IdatStream(fp, img.tile[0].offset)
     out = Image.new("RGB", (-(-width // factor), -(-height // factor)))

@@ -6,6 +6,7 @@ decompression-bomb guard unchanged.
 """
 
 import io
+import itertools
 import struct
 import subprocess
 import sys
@@ -72,9 +73,11 @@ def test_png_in_bands_equals_decoding_whole_then_reducing(case, monkeypatch):
     """Bands of a few rows (set tiny here, so that every band boundary and filter type is crossed) give exactly the
     image that decoding whole, converting to RGB and reducing gives."""
     data = _png_cases()[case]
-    assert images._decodes_in_bands(Image.open(io.BytesIO(data)))
-    monkeypatch.setattr(images, "_BAND_BYTES", 200)
-    for min_side in (3, 5, 7, 12, 18):
+    opened = Image.open(io.BytesIO(data))
+    assert images._decodes_in_bands(opened)
+    row_bytes = (images._PNG_BAND_BITS[opened.tile[0].args] * opened.width + 7) // 8
+    for min_side, bands_of in itertools.product((3, 5, 7, 12, 18), (1, 3)):
+        monkeypatch.setattr(images, "_BAND_BYTES", bands_of * (37 // min_side) * row_bytes)  # factor or 3x rows
         reduced = decode_image(data, min_side=min_side)
         assert _same(reduced, decode_image(data).reduce(37 // min_side)), min_side
         assert min_side <= min(reduced.size) < 2 * min_side
@@ -186,6 +189,18 @@ def test_a_huge_png_is_never_held_at_full_size(monkeypatch):
     small = decode_image(data, min_side=292)
     assert small.size == (500, 334) and _same(small, expected)
     assert (3000, 2000) not in made and max(w * h for w, h in made) * 3 <= (1 << 21) + 6 * 3000 * 3
+
+
+def test_bands_stay_small_when_min_side_is_tiny(monkeypatch):
+    """A band holds at least ``factor`` rows only while they fit in ``_BAND_BYTES``: min_side=3 on a 3000-pixel-wide
+    image reduces by ~700, which the bands do in part and the final reduction finishes."""
+    data = huge_png(3000, 2000)
+    made: list[tuple[int, int]] = []
+    real_new = Image.new
+    monkeypatch.setattr(Image, "new", lambda mode, size, *a, **k: made.append(tuple(size)) or real_new(mode, size,
+                                                                                                        *a, **k))
+    small = decode_image(data, min_side=3)
+    assert 3 <= min(small.size) < 6 and max(w * h for w, h in made) * 3 <= (1 << 21) + 3 * 3000
 
 
 def test_a_truncated_or_damaged_png_read_in_bands_is_a_load_error():
