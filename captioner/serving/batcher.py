@@ -50,10 +50,15 @@ class Batcher:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Finish the queued requests, then end the worker."""
+        """Finish the queued requests, then end the worker; wait ``timeout`` seconds at most (the worker is a daemon
+        thread: what is left then ends with the process)."""
         if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join(timeout)
+            deadline = time.monotonic() + timeout
+            try:
+                self._queue.put(None, timeout=timeout)
+            except queue.Full:
+                return
+            self._thread.join(max(deadline - time.monotonic(), 0.0))
 
     def submit(self, images: list, config) -> Future:
         """Queue a request; its future gives ``(results, seconds)`` (the model call's wall time).

@@ -5,74 +5,49 @@
   ``max_length`` → ``{"results": [{"filename", "caption", "beams": [{"caption", "log_prob"}], "ms"}]}``. A file that
   is not an image, is corrupt or is a decompression bomb makes the answer 400 with ``errors`` naming it, while the
   other files of the request are still captioned (in ``results``);
-- ``GET /healthz``, ``GET /api/model`` (the model card's facts), ``GET /docs`` (OpenAPI, as FastAPI gives it).
+  A file that fails to decode, whatever Pillow raises, is reported the same way; so is a file over the request's
+  pixel budget (``max_request_megapixels``, by the size its header declares: it is not decoded);
+- ``GET /healthz``, ``GET /api/model`` (the model card's facts, without local paths or training commands), ``GET
+  /docs`` and ``GET /redoc`` (OpenAPI; Swagger UI and ReDoc served from the ``fastapi-offline`` package, no CDN).
 
-Limits: a request body above ``max_upload_mb`` → 413 (checked before the body is parsed); more than ``max_queue``
-requests waiting for the model → 503; the model runs on one worker thread, which captions the requests waiting
-together as one batch (:mod:`captioner.serving.batcher`).
+Limits (:class:`captioner.serving.settings.ServeSettings`): a request body above ``max_upload_mb`` → 413 (checked
+before the body is parsed), a body that stalls → 408; more than ``max_queue`` requests waiting for the model → 503;
+uploads are decoded one at a time and preprocessed at once (:mod:`captioner.serving.uploads`), so memory is bounded
+by one decoded photo, not by the files in flight; the model runs on one worker thread, which captions the requests
+waiting together as one batch (:mod:`captioner.serving.batcher`). Exposure (:mod:`captioner.serving.middleware`): a
+``Host`` outside ``allowed_hosts`` → 400, a cross-origin POST → 403 unless its origin is in ``cors_origins``.
+Connections (header deadline, connection cap, graceful shutdown) are :mod:`captioner.serving.connections`.
 """
 
 import asyncio
-import time
+import dataclasses
+import functools
 from contextlib import asynccontextmanager
 from importlib import resources
 
-from fastapi import FastAPI, File, Form, UploadFile
-from fastapi.concurrency import run_in_threadpool
+import torch
+from fastapi import File, Form, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
+from starlette.middleware.cors import CORSMiddleware
 
-from captioner.generation import GenerationConfig
-from captioner.images import ImageLoadError, decode_image
+from captioner.generation import GenerationConfig, Hypothesis
 from captioner.pipeline import Captioner
 from captioner.serving.batcher import Batcher, QueueFull
+from captioner.serving.middleware import BodyLimit, ExposureGuard, OwnOriginOnly
+from captioner.serving.settings import ServeSettings
+from captioner.serving.uploads import UploadReader, release_memory
 
 MAX_BEAM, MAX_LENGTH, MAX_FILES = 10, 50, 32
-
-
-class BodyLimit:
-    """ASGI middleware: answer 413 to any request whose body exceeds ``max_bytes`` (by its Content-Length, or
-    while reading it), before the app parses it; the app then reads the body from memory."""
-
-    def __init__(self, app, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._too_large(scope, receive, send)
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            more = message.get("more_body", False)
-            if size > self.max_bytes:
-                return await self._too_large(scope, receive, send)
-        body, sent = b"".join(chunks), False
-
-        async def replay():
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
-
-    async def _too_large(self, scope, receive, send) -> None:
-        megabytes = self.max_bytes / 2**20
-        response = JSONResponse({"detail": f"upload too large: the limit is {megabytes:g} MB per request "
-                                           "(captioner serve --max-upload-mb)"}, status_code=413)
-        await response(scope, receive, send)
+# Model-card summary lines /api/model repeats: what the model is, never where it was made or how (local paths,
+# training commands)
+CARD_FACTS = ("Encoder", "Decoder", "Preprocessing", "Vocabulary", "Training:", "Weights stored")
 
 
 def model_facts(model: Captioner, model_dir) -> dict:
-    """What ``GET /api/model`` answers: the configuration's main facts and the model card's summary lines."""
+    """What ``GET /api/model`` answers: the configuration's main facts and the model card's summary lines about the
+    model itself (:data:`CARD_FACTS`); the model directory by its name only, no local path or training command."""
     cfg = model.config
     card = model_dir / "README.md" if model_dir is not None else None
     lines = card.read_text(encoding="utf-8").splitlines() if card is not None and card.is_file() else []
@@ -80,37 +55,69 @@ def model_facts(model: Captioner, model_dir) -> dict:
     for line in lines[1:]:
         if line.startswith("## "):
             break
-        if line.startswith("- "):
+        if line.startswith("- ") and line[2:].startswith(CARD_FACTS):
             summary.append(line[2:])
-    return {"model": str(model_dir), "encoder": cfg.encoder, "inject": cfg.inject, "cell": cfg.cell,
-            "hidden_dim": cfg.hidden_dim, "num_decoders": cfg.num_decoders, "vocab_size": cfg.vocab_size,
-            "no_repeat_ngram": cfg.no_repeat_ngram, "card": summary,
+    return {"model": model_dir.name if model_dir is not None else None, "encoder": cfg.encoder,
+            "inject": cfg.inject, "cell": cfg.cell, "hidden_dim": cfg.hidden_dim, "num_decoders": cfg.num_decoders,
+            "vocab_size": cfg.vocab_size, "no_repeat_ngram": cfg.no_repeat_ngram, "card": summary,
             "limits": {"max_beam_size": MAX_BEAM, "max_length": MAX_LENGTH, "max_files": MAX_FILES}}
 
 
-def create_app(model: Captioner, model_dir=None, max_upload_mb: float = 10, max_queue: int = 16,
-               max_batch: int = 32, warm_up: bool = True):
-    """The FastAPI application around a loaded model (see the module docstring); ``warm_up`` builds the encoder and
-    captions a blank image first, so that the first request does not pay for it."""
+def create_app(model: Captioner, model_dir=None, settings: ServeSettings | None = None, warm_up: bool = True,
+               **overrides):
+    """The FastAPI application around a loaded model (see the module docstring).
+
+    Args:
+        model: the captioner (PyTorch or ONNX Runtime: anything with ``transform``, ``encode``, ``caption_features``).
+        model_dir: its directory (for ``/api/model``'s model-card facts).
+        settings: limits and exposure (:class:`captioner.serving.settings.ServeSettings`); ``overrides`` replace
+            single fields (``max_upload_mb=1``).
+        warm_up: build the encoder and caption a blank image first, so that the first request does not pay for it.
+    """
+    settings = dataclasses.replace(settings or ServeSettings(), **overrides)
     if warm_up:
         from PIL import Image
 
         side = model.config.preprocess.crop
         model.caption_images([Image.new("RGB", (side, side))], GenerationConfig(method="greedy", max_length=2))
-    batcher = Batcher(model.caption_images, max_queue=max_queue, max_batch=max_batch)
+    batcher = Batcher(functools.partial(caption_pixels, model), max_queue=settings.max_queue,
+                      max_batch=settings.max_batch)
 
     @asynccontextmanager
     async def lifespan(app):
         batcher.start()
         yield
-        batcher.stop()
+        batcher.stop(settings.shutdown_timeout)
 
-    app = FastAPI(title="captioner", description="Caption photos with a captioner model.", lifespan=lifespan)
+    app = FastAPIOffline(title="captioner", description="Caption photos with a captioner model.", lifespan=lifespan,
+                         swagger_ui_parameters={"validatorUrl": None})  # docs assets served locally, no validator
     app.state.batcher, app.state.facts = batcher, model_facts(model, model_dir)
-    app.add_middleware(BodyLimit, max_bytes=int(max_upload_mb * 2**20))
+    app.state.uploads = UploadReader(model.transform, model.config.preprocess.resize,
+                                     int(settings.max_request_megapixels * 1e6))
+    _add_middleware(app, settings)
     _add_pages(app)
     _add_api(app, model)
     return app
+
+
+def caption_pixels(model: Captioner, pixels: list[torch.Tensor], config: GenerationConfig) -> list[list[Hypothesis]]:
+    """The model on preprocessed photos (``(3, H, W)`` each, as ``caption_images`` makes them), for the batcher;
+    the batch's memory is handed back to the system afterwards."""
+    try:
+        return model.caption_features(model.encode(torch.stack(pixels)), config)  # (B, 3, H, W) -> features
+    finally:
+        release_memory()
+
+
+def _add_middleware(app, settings: ServeSettings) -> None:
+    """Outermost first: the Host allow-list and cross-origin refusals, CORS for the allowed origins, the pages'
+    content policy, body limits."""
+    app.add_middleware(BodyLimit, max_bytes=int(settings.max_upload_mb * 2**20), timeout=settings.body_timeout)
+    app.add_middleware(OwnOriginOnly)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["*"])
+    app.add_middleware(ExposureGuard, allowed_hosts=settings.allowed_hosts, cors_origins=settings.cors_origins)
 
 
 def _add_pages(app) -> None:
@@ -138,37 +145,22 @@ def _add_api(app, model: Captioner) -> None:
                       max_length: int = Form(20, ge=1, le=MAX_LENGTH, description="longest caption in tokens")):
         if len(files) > MAX_FILES:
             return JSONResponse({"detail": f"{len(files)} files: at most {MAX_FILES} per request"}, status_code=400)
-        decoded, errors = await _decode_all(files)
+        photos, errors = await app.state.uploads.read(files)
         results = []
-        if decoded:
+        if photos:
             config = GenerationConfig(beam_size=beam_size, max_length=max_length, n_best=beam_size)
             try:
-                future = app.state.batcher.submit([image for _, image, _ in decoded], config)
+                future = app.state.batcher.submit([photo.pixels for photo in photos], config)
             except QueueFull as err:
                 return JSONResponse({"detail": str(err)}, status_code=503, headers={"Retry-After": "1"})
             hypotheses, seconds = await asyncio.wrap_future(future)
-            results = [_result(model, name, hyps, decode_s + seconds / len(decoded))
-                       for (name, _, decode_s), hyps in zip(decoded, hypotheses)]
+            results = [_result(model, photo.filename, hyps, photo.seconds + seconds / len(photos))
+                       for photo, hyps in zip(photos, hypotheses)]
         if errors:
             names = ", ".join(e["filename"] for e in errors)
             return JSONResponse({"detail": f"{len(errors)} of {len(files)} files could not be read: {names}",
                                  "results": results, "errors": errors}, status_code=400)
         return {"results": results}
-
-
-async def _decode_all(files: list[UploadFile]) -> tuple[list[tuple[str, object, float]], list[dict]]:
-    """Each upload decoded (off the event loop): ``[(filename, image, seconds)]`` and ``[{"filename", "error"}]``."""
-    decoded, errors = [], []
-    for upload in files:
-        name = upload.filename or "(unnamed)"
-        t0 = time.perf_counter()
-        try:
-            image = await run_in_threadpool(decode_image, await upload.read())
-        except ImageLoadError as err:
-            errors.append({"filename": name, "error": str(err)})
-            continue
-        decoded.append((name, image, time.perf_counter() - t0))
-    return decoded, errors
 
 
 def _result(model: Captioner, name: str, hypotheses, seconds: float) -> dict:
