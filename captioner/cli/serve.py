@@ -60,6 +60,8 @@ def _add_limit_options(parser: argparse.ArgumentParser) -> None:
               help="open connections at most; one more closes the longest-idle one, or gets 503 when all are busy")
     add_field(parser, defaults, "shutdown_timeout", type=above_zero, metavar="S",
               help="seconds a graceful shutdown (SIGTERM, Ctrl+C) waits for requests in flight")
+    add_field(parser, defaults, "min_confidence", type=_probability, metavar="P",
+              help="captions whose confidence is below P are marked needs_review (on the page and in the API)")
 
 
 def _add_exposure_options(parser: argparse.ArgumentParser) -> None:
@@ -71,6 +73,16 @@ def _add_exposure_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cors-origin", action="append", default=[], type=_origin, metavar="ORIGIN",
                         help="allow pages from ORIGIN (e.g. http://localhost:3000) to call the API (CORS; "
                         "repeatable). By default there is no CORS and cross-origin POSTs get 403")
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text!r}") from None
+    if not 0 <= value <= 1:  # also rejects NaN
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text}")
+    return value
 
 
 def _origin(text: str) -> str:

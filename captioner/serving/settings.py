@@ -37,6 +37,8 @@ class ServeSettings:
             ``captioner serve`` passes the names of the address it listens on); ``"*"`` in the list accepts any.
         cors_origins: origins (``http://host:port``) allowed to call the API from their pages (CORS); every other
             cross-origin request that changes state (POST...) gets 403.
+        min_confidence: a caption whose confidence is below this is marked ``needs_review`` (captions of a model
+            without a confidence model never are).
     """
 
     max_upload_mb: float = 10.0
@@ -51,6 +53,11 @@ class ServeSettings:
     shutdown_timeout: float = 10.0
     allowed_hosts: tuple[str, ...] | None = None
     cors_origins: tuple[str, ...] = ()
+    min_confidence: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ValueError(f"min_confidence is a probability in [0, 1], got {self.min_confidence!r}")
 
 
 def hosts_for(bind: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
