@@ -41,6 +41,7 @@ def combine(models: Sequence, names: Sequence[str], average: bool = False):
     combined = Captioner(config, models[0].vocab)
     combined.image_mean = models[0].image_mean  # the members read the same encoder's features
     combined.tag_calibration = models[0].tag_calibration
+    combined.confidence_model = None  # fit for one decoder's log-probabilities: calibrate the combined model anew
     if average:
         combined.decoder.load_state_dict(average_states(states))
     elif count == 1:

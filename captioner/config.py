@@ -30,6 +30,14 @@ def check_no_repeat_ngram(value: int) -> int:
     return value
 
 
+def check_tag_settings(threshold: float, max_tags: int) -> None:
+    """A tag threshold is a probability in (0, 1]; at least one tag."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+        raise ValueError(f"tag_threshold is a probability in (0, 1], got {threshold!r}")
+    if isinstance(max_tags, bool) or not isinstance(max_tags, int) or max_tags < 1:
+        raise ValueError(f"max_tags must be a whole number of at least 1, got {max_tags!r}")
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """Image preprocessing that a set of encoder weights expects.
@@ -85,6 +93,10 @@ class ModelConfig:
             Show, Attend and Tell) or ``zeros``.
         num_decoders: decoders over the one encoder; more than one is an ensemble (built by ``captioner
             ensemble``, inference only: their per-step log-probabilities are averaged).
+        guided: the model's default for ``GenerationConfig.guided``: caption with tag-guided decoding unless told
+            otherwise (False for models that have no setting, so they caption as they always did).
+        tag_threshold: the model's default for ``GenerationConfig.tag_threshold``.
+        max_tags: the model's default for ``GenerationConfig.max_tags``.
         no_repeat_ngram: the model's default for ``GenerationConfig.no_repeat_ngram``: captions never repeat an
             n-gram of this size (0: no guard; older model directories have none and caption as before).
     """
@@ -108,6 +120,9 @@ class ModelConfig:
     attention_init: str = "mean"
     num_decoders: int = 1
     no_repeat_ngram: int = 0
+    guided: bool = False
+    tag_threshold: float = 0.1
+    max_tags: int = 2
 
     def __post_init__(self) -> None:
         if isinstance(self.preprocess, dict):
@@ -119,6 +134,7 @@ class ModelConfig:
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         check_no_repeat_ngram(self.no_repeat_ngram)
+        check_tag_settings(self.tag_threshold, self.max_tags)
         if self.inject not in INJECT_MODES:
             raise ValueError(f"inject must be one of {INJECT_MODES}, got {self.inject!r}")
         if not 0.0 <= self.dropout < 1.0:

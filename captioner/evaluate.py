@@ -62,14 +62,15 @@ def predict(
     cache_dir: str | Path | None = None,
     batch_size: int = 128,
     progress: bool = True,
+    use_cache: bool = True,
 ) -> tuple[list[Prediction], dict[str, str]]:
-    """Caption every image of a split.
+    """Caption every image of a split (``use_cache``: through the feature cache).
 
     Returns:
         ``(predictions, failures)``: predictions for readable images, and ``{image name: reason}`` for the others.
     """
     paths = [item.path for item in dataset.items]
-    features, failed = image_features(model, paths, cache_dir=cache_dir, progress=progress)
+    features, failed = image_features(model, paths, cache_dir=cache_dir, progress=progress, use_cache=use_cache)
     keep = [i for i in range(len(paths)) if i not in failed]
     hyps = caption_vectors(model, features[keep], config, batch_size, progress)
     items = dataset.items
@@ -135,14 +136,10 @@ def dataset_sha256(dataset: CaptionSet) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def model_sha256(model: Captioner) -> str:
-    """SHA-256 of a model's configuration, vocabulary and decoder weights (identifies what was evaluated)."""
-    digest = hashlib.sha256()
-    digest.update(json.dumps(dataclasses.asdict(model.config), sort_keys=True).encode())
-    digest.update(json.dumps(model.vocab.itos, ensure_ascii=False).encode())
-    for name, tensor in sorted(model.decoder.state_dict().items()):
-        digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+def model_sha256(model) -> str:
+    """SHA-256 of a model's configuration, vocabulary and decoder weights (identifies what was evaluated; an ONNX
+    export reports the hash of the model it was exported from)."""
+    return model.weights_sha256()
 
 
 def evaluate(

@@ -26,17 +26,18 @@ logger = logging.getLogger(__name__)
 
 
 class _ImageFiles(Dataset):
-    """Loads and preprocesses image files; an unreadable file yields its error text instead of a tensor."""
+    """Loads and preprocesses image files (decoded no larger than ``min_side`` needs); an unreadable file yields
+    its error text instead of a tensor."""
 
-    def __init__(self, paths: Sequence[Path], transform) -> None:
-        self.paths, self.transform = list(paths), transform
+    def __init__(self, paths: Sequence[Path], transform, min_side: int | None = None) -> None:
+        self.paths, self.transform, self.min_side = list(paths), transform, min_side
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
         try:
-            return i, self.transform(load_image(self.paths[i])), ""
+            return i, self.transform(load_image(self.paths[i], min_side=self.min_side)), ""
         except ImageLoadError as err:
             return i, None, str(err)
 
@@ -67,7 +68,7 @@ def encode_files(
     out = np.zeros((len(paths), *shape), dtype=dtype)
     failures: dict[int, str] = {}
     loader = DataLoader(
-        _ImageFiles(paths, _Mirrored(model.transform) if mirror else model.transform),
+        _ImageFiles(paths, _Mirrored(model.transform) if mirror else model.transform, model.config.preprocess.resize),
         batch_size=batch_size,
         num_workers=num_workers if len(paths) > batch_size else 0,
         collate_fn=_collate,
@@ -110,7 +111,8 @@ def encoder_cache_key(model: Captioner, mirror: bool = False) -> str:
     else:
         pooling = "" if model.config.pooling == "avg" else f"|pooling={model.config.pooling}"
     view = "|mirror" if mirror else ""
-    return f"{spec.name}|{spec.weights_id}|{model.config.preprocess.key()}{pooling}{view}"
+    backend = getattr(model, "feature_key_suffix", "")
+    return f"{spec.name}|{spec.weights_id}|{model.config.preprocess.key()}{pooling}{view}{backend}"
 
 
 class CachedRows:
@@ -177,18 +179,19 @@ def image_features(
         cache = FeatureCache(root, encoder_cache_key(model, mirror), shape, dtype)
 
     def encode(todo: Sequence[Path]) -> tuple[np.ndarray, dict[int, str]]:
-        return encode_files(model, todo, batch_size=batch_size, progress=progress, mirror=mirror)
+        return encode_files(model, todo, batch_size=batch_size, progress=progress and cache is None, mirror=mirror)
 
     if lazy and cache is not None:
-        hashes, failures = cache_missing(paths, cache, encode)
+        hashes, failures = cache_missing(paths, cache, encode, progress=progress)
         return CachedRows(cache, [None if i in failures else h for i, h in enumerate(hashes)]), failures
-    feats, failures = cached_features(paths, cache, encode)
+    feats, failures = cached_features(paths, cache, encode, progress=progress)
     return torch.from_numpy(feats), failures
 
 
 def fill_cache(config: ModelConfig, paths: Sequence[Path], cache_dir: str | Path | None = None,
-               mirror: bool = False, batch_size: int = 32, chunk: int = 1000, image_size: int = 0) -> dict:
-    """Encode image files into the feature cache ahead of training (several runs then share one extraction).
+               mirror: bool = False, batch_size: int = 32, image_size: int = 0) -> dict:
+    """Encode image files into the feature cache ahead of training (several runs then share one extraction); the
+    features are appended a chunk at a time, so memory does not grow with the number of images.
 
     Args:
         config: the architecture the features are for (its encoder, pooling and injection decide the cache key).
@@ -196,7 +199,6 @@ def fill_cache(config: ModelConfig, paths: Sequence[Path], cache_dir: str | Path
         cache_dir: cache root (None: the user cache directory).
         mirror: cache the mirrored images' features (``--flip-features``) instead.
         batch_size: images per encoder forward pass.
-        chunk: images encoded and appended to the cache at a time (bounds the memory).
         image_size: as ``train --image-size`` (0: the encoder's own preprocessing).
 
     Returns:
@@ -208,14 +210,9 @@ def fill_cache(config: ModelConfig, paths: Sequence[Path], cache_dir: str | Path
     model = Captioner(complete_config(config, len(vocab), image_size), vocab)
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     shape, dtype = feature_layout(model)
-    cache = FeatureCache(root, encoder_cache_key(model, mirror), shape, dtype)
-    before, unreadable = len(cache.index), {}
-    for start in tqdm(range(0, len(paths), chunk), desc="features", unit="chunk", leave=False,
-                      disable=None):  # no bar when stderr is not a terminal
-        part = list(paths[start : start + chunk])
-        _, failed = image_features(model, part, cache_dir=root, batch_size=batch_size, progress=False,
-                                   mirror=mirror)
-        unreadable.update({str(part[i]): reason for i, reason in failed.items()})
+    before = len(FeatureCache(root, encoder_cache_key(model, mirror), shape, dtype).index)
+    _, failed = image_features(model, list(paths), cache_dir=root, batch_size=batch_size, mirror=mirror, lazy=True)
     cache = FeatureCache(root, encoder_cache_key(model, mirror), shape, dtype)  # re-read the published index
-    return {"images": len(paths), "new": len(cache.index) - before, "unreadable": unreadable,
-            "key": cache.key, "dir": str(cache.dir)}
+    return {"images": len(paths), "new": len(cache.index) - before,
+            "unreadable": {str(paths[i]): reason for i, reason in failed.items()}, "key": cache.key,
+            "dir": str(cache.dir)}

@@ -11,6 +11,8 @@ decoding) → :func:`captioner.generation.generate`, the one search entry point 
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import shutil
 import tempfile
@@ -24,6 +26,8 @@ from torch import nn
 from captioner.config import ModelConfig, from_json, to_json
 from captioner.fileio import save_error
 from captioner.generation import GenerationConfig, Hypothesis, Tag, generate, tags_from_logits
+from captioner.generation.confidence import CONFIDENCE_FILE, ConfidenceModel, add_confidence
+from captioner.generation.config import with_model_defaults
 from captioner.models import encoders
 from captioner.models.factory import build_decoder
 from captioner.models.files import (
@@ -50,6 +54,8 @@ class ImageCaptioning:
     (features → the encoder's ImageNet logits, for guided decoding) and ``tag_calibration``."""
 
     tag_calibration: dict | None = None
+    confidence_model: ConfidenceModel | None = None
+    feature_key_suffix = ""  # told apart in the feature cache from other backends' features of the same encoder
 
     def caption_images(
         self, images: Sequence[Image.Image], config: GenerationConfig | None = None
@@ -65,9 +71,10 @@ class ImageCaptioning:
         return [self.vocab.decode(h[0].tokens) for h in self.caption_images(images, config)]
 
     def image_tags(self, features: torch.Tensor, config: GenerationConfig | None = None) -> list[list[Tag]]:
-        """Each image's tags from the encoder's ImageNet head (``config``'s threshold and maximum count; words the
-        model's tag calibration found unreliable left out), most probable first."""
-        config = config or GenerationConfig()
+        """Each image's tags from the encoder's ImageNet head (``config``'s threshold and maximum count, the model's
+        own where it leaves them open; words the model's tag calibration found unreliable left out), most probable
+        first."""
+        config = with_model_defaults(config or GenerationConfig(), self.decoder)
         return tags_from_logits(self.imagenet_logits(features), config.tag_threshold, config.max_tags,
                                 self.tag_calibration)
 
@@ -75,10 +82,19 @@ class ImageCaptioning:
                          config: GenerationConfig | None = None) -> list[list[Hypothesis]]:
         """Search captions for image features (``(B, D)`` or ``(B, L, C)``, as :meth:`encode` gives them); see
         :func:`captioner.generation.generate`. Guided decoding asks :meth:`image_tags` for the images' tags."""
-        tags = None
-        if config is not None and config.guided and not config.tags:
-            tags = self.image_tags(features, config)
-        return generate(self.decoder, self.search_features(features), self.vocab, config, tags=tags)
+        config = with_model_defaults(config or GenerationConfig(), self.decoder)
+        logits, tags = None, None
+        if config.guided and not config.tags:
+            logits = self.imagenet_logits(features)
+            tags = tags_from_logits(logits, config.tag_threshold, config.max_tags, self.tag_calibration)
+        hyps = generate(self.decoder, self.search_features(features), self.vocab, config, tags=tags)
+        if self.confidence_model is not None and hyps:
+            try:
+                logits = self.imagenet_logits(features) if logits is None else logits
+            except ValueError:  # no ImageNet head: no confidence
+                return hyps
+            add_confidence(hyps, logits, features, self.confidence_model)
+        return hyps
 
     def search_features(self, features: torch.Tensor) -> torch.Tensor:
         """Features as this backend's decoder reads them (the PyTorch model moves them to its device)."""
@@ -143,6 +159,16 @@ class Captioner(ImageCaptioning, nn.Module):
         pixels = pixels.to(self.device).contiguous(memory_format=torch.channels_last)
         return enc(pixels).float()
 
+    def weights_sha256(self) -> str:
+        """SHA-256 of the configuration, vocabulary and decoder weights: what captions depend on (the encoder's
+        pretrained weights are named by the configuration)."""
+        digest = hashlib.sha256()
+        digest.update(json.dumps(dataclasses.asdict(self.config), sort_keys=True).encode())
+        digest.update(json.dumps(self.vocab.itos, ensure_ascii=False).encode())
+        for name, tensor in sorted(self.decoder.state_dict().items()):
+            digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
     def search_features(self, features: torch.Tensor) -> torch.Tensor:
         """Features on the model's device, with the decoder put in eval mode for the search."""
         self.decoder.eval()
@@ -199,6 +225,8 @@ class Captioner(ImageCaptioning, nn.Module):
             save_file({"mean": self.image_mean.detach().float().cpu().contiguous()}, str(tmp / IMAGE_MEAN_FILE))
         if self.tag_calibration is not None:
             (tmp / TAG_CALIBRATION_FILE).write_text(json.dumps(self.tag_calibration, indent=0), encoding="utf-8")
+        if self.confidence_model is not None:
+            self.confidence_model.save(tmp / CONFIDENCE_FILE)
         for path in tmp.iterdir():
             path.chmod(0o644)  # safetensors writes its file private; a model is meant to be shared
 
@@ -244,4 +272,5 @@ class Captioner(ImageCaptioning, nn.Module):
                                  f"({first}); the files come from different models") from None
         model.image_mean = load_image_mean(directory, config)
         model.tag_calibration = load_tag_calibration(directory)
+        model.confidence_model = ConfidenceModel.from_dir(directory)
         return model.to(device).eval()

@@ -9,8 +9,14 @@ WordNet hierarchy, so the animals come in runs of one kind (indices 151-268 are 
 3. otherwise the last word of the name, lower-cased ("acoustic guitar" -> "guitar", "coffee mug" -> "mug"), which
    is the head noun of an English compound.
 
-Each class also gets a coarse group (animal, food, plant, place, person, object), used to initialise words the
-decoder's vocabulary lacks. nltk's WordNet corpus is not available offline here, so hypernyms are not used.
+Then the caption phrase (``scripts/tag_phrases.py``): the word with the article a sentence gives it ("a cat", "an
+orange"), a container for mass nouns people write that way ("a cup of coffee", "a bowl of soup"), no article for
+other mass nouns and plurals ("broccoli", "jeans"); classes that name parts, textures or abstractions ("disk brake",
+"honeycomb", "web site") or that misfire on everyday photos are dropped (no tag), each with its reason. A word also
+lists the synonyms references use for it ("refrigerator": "fridge"), so that a tag can be judged right or wrong.
+
+Each class also gets a coarse group (animal, vehicle, food, plant, place, person, object), used to initialise words
+the decoder's vocabulary lacks. nltk's WordNet corpus is not available offline here, so hypernyms are not used.
 
 Usage: python scripts/build_tag_map.py [--out captioner/generation/imagenet_words.json]
 """
@@ -20,7 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tag_phrases import DROP, MASS, PHRASES, PLACES, PLURAL, SYNONYMS, VEHICLES, WORDS  # noqa: E402
+
+from captioner.generation.tags import article  # noqa: E402
 
 # (first index, last index, word): runs of one kind of animal in the ILSVRC order
 RUNS = [
@@ -122,12 +134,32 @@ CORRECTIONS = {
 GROUPS = [(0, 397, "animal"), (924, 969, "food"), (970, 980, "place"), (981, 983, "person"), (984, 998, "plant")]
 
 
-def group_of(index: int) -> str:
+def group_of(index: int, word: str) -> str:
+    if word in VEHICLES:
+        return "vehicle"
+    if word in PLACES:
+        return "place"
     return next((name for first, last, name in GROUPS if first <= index <= last), "object")
+
+
+def phrase_of(word: str) -> tuple[str, str]:
+    """(phrase, kind): ``count`` nouns get their article, ``mass`` nouns and ``plural`` ones none, unless
+    :data:`PHRASES` gives a container phrase."""
+    if word in PHRASES:
+        return PHRASES[word], "count"
+    if word in MASS:
+        return word, "mass"
+    if word in PLURAL:
+        return word, "plural"
+    return f"{article(word)} {word}", "count"
 
 
 def word_for(index: int, category: str) -> tuple[str, str]:
     """(word, rule) for one class."""
+    if index in DROP:
+        return "", "dropped: " + DROP[index]
+    if index in WORDS:
+        return WORDS[index][0], "word: " + WORDS[index][1]
     if index in CORRECTIONS:
         return CORRECTIONS[index][0], "correction: " + CORRECTIONS[index][1]
     for first, last, word in RUNS:
@@ -144,7 +176,9 @@ def build() -> dict:
     entries = []
     for index, category in enumerate(categories):
         word, rule = word_for(index, category)
-        entries.append({"index": index, "category": category, "word": word, "group": group_of(index), "rule": rule})
+        phrase, kind = phrase_of(word) if word else ("", "none")
+        entries.append({"index": index, "category": category, "word": word, "phrase": phrase, "kind": kind,
+                        "group": group_of(index, word), "synonyms": SYNONYMS.get(word, []), "rule": rule})
     return {"source": "scripts/build_tag_map.py", "classes": entries}
 
 
@@ -155,9 +189,9 @@ def main() -> None:
     args = parser.parse_args()
     table = build()
     Path(args.out).write_text(json.dumps(table, indent=0, ensure_ascii=False) + "\n", encoding="utf-8")
-    words = {e["word"] for e in table["classes"]}
+    words = {e["word"] for e in table["classes"] if e["word"]}
     print(f"wrote {args.out}: {len(table['classes'])} classes, {len(words)} distinct words, "
-          f"{len(CORRECTIONS)} corrections")
+          f"{len(CORRECTIONS) + len(WORDS)} corrections, {len(DROP)} classes dropped")
 
 
 if __name__ == "__main__":

@@ -141,3 +141,28 @@ def test_training_splits_leave_their_features_in_the_cache(tiny_model, shapes_da
     first = split.features[torch.arange(len(train_set))]
     assert first.shape == (len(train_set), *tiny_model.config.feature_shape()) and first.abs().sum() > 0
 
+
+
+def test_a_cold_cache_is_filled_a_chunk_at_a_time_never_the_whole_split(tmp_path):
+    """Encoding asks for at most one chunk of images at once and appends it to the cache before the next, so the
+    memory of filling a cold cache does not grow with the number of images."""
+    import numpy as np
+
+    from captioner.data.cache import cache_missing
+
+    paths = []
+    for i in range(23):
+        path = tmp_path / f"img{i}.bin"
+        path.write_bytes(f"image {i}".encode())
+        paths.append(path)
+    cache = FeatureCache(tmp_path / "c", "enc|w|pre", 4)
+    asked, sizes_in_cache = [], []
+
+    def encode(todo):
+        asked.append(len(todo))
+        sizes_in_cache.append(len(cache.index))
+        return np.stack([np.full(4, float(p.name[3:-4])) for p in todo]).astype("float32"), {}
+
+    hashes, failures = cache_missing(paths, cache, encode, chunk=5)
+    assert asked == [5, 5, 5, 5, 3] and sizes_in_cache == [0, 5, 10, 15, 20] and not failures
+    assert len(cache.index) == 23 and float(cache.get([hashes[7]])[0, 0]) == 7.0

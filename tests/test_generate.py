@@ -179,7 +179,8 @@ def test_beam_search_stops_once_the_n_best_are_settled_with_the_same_result(setu
     monkeypatch.setattr(dec, "step", lambda *a: steps.append(1) or real_step(*a))
     early = generate(dec, feats, vocab, config)
     early_steps = len(steps)
-    monkeypatch.setattr(gen, "settled", lambda *a: False)  # run until every beam has ended
+    # run until every beam has ended: no image is ever settled early
+    monkeypatch.setattr(gen, "settled_images", lambda scores, done, n: torch.zeros(len(scores), dtype=torch.bool))
     steps.clear()
     full = generate(dec, feats, vocab, config)
     assert early_steps < len(steps), "the random model should settle before its last beam ends"

@@ -20,15 +20,42 @@ def _model(vocab, seed=0, **overrides):
     return Captioner(complete_config(tiny_config(len(vocab), **overrides), len(vocab)), vocab).eval()
 
 
-def test_every_imagenet_class_maps_to_a_caption_word():
+def test_every_imagenet_class_maps_to_a_caption_phrase_or_is_dropped_with_a_reason():
+    from captioner.generation.tags import article
+
     table = tag_table()
     assert [e["category"] for e in table] == imagenet_categories() and len(table) == 1000
     for entry in table:
+        assert entry["group"] in {"animal", "vehicle", "food", "plant", "place", "person", "object"}
+        if not entry["word"]:  # dropped: a part, a texture, an abstraction or a misfire, and the reason says so
+            assert entry["rule"].startswith("dropped: ") and len(entry["rule"]) > 12 and not entry["phrase"]
+            continue
         assert re.fullmatch(r"[a-z]+( [a-z]+)?", entry["word"]), entry
-        assert entry["group"] in {"animal", "food", "plant", "place", "person", "object"}
-    words = {e["category"]: e["word"] for e in table}
-    assert words["tabby"] == words["Egyptian cat"] == "cat" and words["golden retriever"] == "dog"
-    assert words["espresso"] == "coffee" and words["space shuttle"] == "rocket"
+        assert entry["word"] in entry["phrase"] or entry["phrase"].startswith(("a ", "an ")), entry
+        if entry["kind"] == "count":  # the article a sentence gives the phrase's first noun
+            first, noun = entry["phrase"].split()[:2]
+            assert first == article(noun), entry
+        else:
+            assert entry["kind"] in ("mass", "plural") and entry["phrase"] == entry["word"], entry
+    words = {e["category"]: e for e in table}
+    assert words["tabby"]["phrase"] == words["Egyptian cat"]["phrase"] == "a cat"
+    assert words["golden retriever"]["word"] == "dog" and words["orange"]["phrase"] == "an orange"
+    assert words["espresso"]["phrase"] == "a cup of coffee" and words["broccoli"]["phrase"] == "broccoli"
+    assert words["space shuttle"]["word"] == "rocket" and words["moped"]["phrase"] == "a motorcycle"
+    assert not words["disk brake"]["word"] and not words["honeycomb"]["word"] and not words["web site"]["word"]
+
+
+def test_ungrammatical_slots_are_caught_on_a_small_fixture():
+    from captioner.generation.tags import ungrammatical_slots
+
+    bad = {"a man is sitting on a coffee": ["a coffee"], "a white dog jumps over a envelope": ["a envelope"],
+           "a man is riding on a brake": ["on a brake"], "a man is sitting on a broccoli": ["a broccoli"],
+           "an dog runs": ["an dog"], "a jeans on a chair": ["a jeans"]}
+    good = ["a man holds a cup of coffee", "an envelope on a table", "a dog eats broccoli", "a man in an orange shirt",
+            "a boy on a unicycle", "an hour", "a man is riding a motorcycle"]
+    for caption, found in bad.items():
+        assert ungrammatical_slots(caption) == found, caption
+    assert all(ungrammatical_slots(c) == [] for c in good)
 
 
 @pytest.mark.parametrize("inject", ["every_step", "attention"])
@@ -39,11 +66,10 @@ def test_without_constraints_it_is_plain_beam_search_exactly(vocab, inject, beam
         features = torch.randn(2, *model.config.feature_shape())
         config = GenerationConfig(method="beam", beam_size=beam, max_length=9, length_penalty=penalty,
                                   n_best=n_best, no_repeat_ngram=2)
-        for i in range(2):  # image by image, as guided decoding runs (a batch's matmuls may round differently)
-            plain = generate(model.decoder, features[i : i + 1], vocab, config)[0]
-            guided = constrained_search(model.decoder, features[i : i + 1], vocab, config, [])
-            assert [(h.tokens, h.log_prob, h.finished) for h in guided] == [
-                (h.tokens, h.log_prob, h.finished) for h in plain]
+        plain = generate(model.decoder, features, vocab, config)  # the whole batch, as guided decoding runs it
+        guided = constrained_search(model.decoder, features, vocab, config, [[], []])
+        for p, g in zip(plain, guided):
+            assert [(h.tokens, h.log_prob, h.finished) for h in g] == [(h.tokens, h.log_prob, h.finished) for h in p]
 
 
 def _contains(tokens, phrase):
@@ -60,9 +86,44 @@ def test_constrained_beams_contain_their_constraints_when_they_fit(vocab, inject
         constraints = [[vocab.stoi[words[picks[0]]]], [vocab.stoi[words[picks[1]]], vocab.stoi[words[picks[2]]]]]
         config = GenerationConfig(beam_size=3, max_length=8, no_repeat_ngram=0, n_best=2)
         hyps = constrained_search(model.decoder, torch.randn(1, *model.config.feature_shape()), vocab, config,
-                                  constraints)
+                                  [constraints])[0]
         for hyp in hyps:
             assert all(_contains(hyp.tokens, c) for c in constraints), (hyp.tokens, constraints)
+
+
+@pytest.mark.parametrize("inject", ["every_step", "attention"])
+def test_a_batched_constrained_search_gives_what_one_image_at_a_time_gives(vocab, inject):
+    """Images with different numbers and lengths of constraints (and none) searched together, and alone."""
+    words = [vocab.stoi[w] for w in vocab.itos[4:]]
+    for seed in range(3):
+        model = _model(vocab, seed, inject=inject, attention_dim=8)
+        generator = torch.Generator().manual_seed(seed)
+        pick = [words[i] for i in torch.randperm(len(words), generator=generator)[:6].tolist()]
+        constraints = [[], [[pick[0]]], [[pick[1]], [pick[2], pick[3]]], [[pick[4], pick[5]]], [[pick[0]], [pick[1]]],
+                       []]
+        features = torch.randn(len(constraints), *model.config.feature_shape(), generator=generator)
+        config = GenerationConfig(beam_size=3, max_length=9, no_repeat_ngram=2, n_best=2)
+        together = constrained_search(model.decoder, features, vocab, config, constraints)
+        for i, image in enumerate(constraints):
+            alone = constrained_search(model.decoder, features[i : i + 1], vocab, config, [image])[0]
+            assert [h.tokens for h in together[i]] == [h.tokens for h in alone], (seed, i)
+            assert [h.log_prob for h in together[i]] == pytest.approx([h.log_prob for h in alone], abs=1e-4)
+
+
+def test_a_constraint_can_forbid_the_tokens_before_it(vocab):
+    """A tag phrase with its own article ('a cat') never follows an article the decoder wrote itself."""
+    from captioner.generation.constrained import Constraint
+
+    a, cat = vocab.stoi["a"], vocab.stoi["cat"] if "cat" in vocab.stoi else vocab.stoi[vocab.itos[-1]]
+    for seed in range(6):
+        model = _model(vocab, seed)
+        features = torch.randn(1, *model.config.feature_shape())
+        config = GenerationConfig(beam_size=3, max_length=10, no_repeat_ngram=0, n_best=3)
+        hyps = constrained_search(model.decoder, features, vocab, config,
+                                  [[Constraint((a, cat), forbid_before=(a,))]])[0]
+        for hyp in hyps:
+            starts = [i for i in range(len(hyp.tokens) - 1) if hyp.tokens[i : i + 2] == [a, cat]]
+            assert starts and all(i == 0 or hyp.tokens[i - 1] != a for i in starts), hyp.tokens
 
 
 def test_guided_captions_name_given_tags_even_unknown_words_and_leave_plain_decoding_alone(vocab):

@@ -192,15 +192,28 @@ def test_export_refuses_to_replace_without_overwrite(model_dir, tmp_path, capsys
 
 
 @pytest.mark.parametrize("extra, needle", [
-    (["--model", "MODEL"], "captioner export --model"),
-    (["--model", "NOWHERE"], "not a directory"),
-    (["--model", "MODEL", "--device", "cuda"], "CPU only"),
+    (["--model", "NOWHERE"], "cannot load model"),
+    (["--model", "MODEL", "--device", "cuda"], "runs on the CPU"),
 ])
-def test_the_onnxruntime_backend_needs_an_export(model_dir, tmp_path, capsys, extra, needle):
+def test_the_onnxruntime_backend_refuses_what_it_cannot_run_in_one_line(model_dir, tmp_path, capsys, extra, needle):
     extra = [str(model_dir) if a == "MODEL" else str(tmp_path / "nowhere") if a == "NOWHERE" else a for a in extra]
     image = tmp_path / "red.png"
     Image.new("RGB", (40, 30), (200, 10, 10)).save(image)
     _one_error_line(capsys, main(["caption", str(image), "--backend", "onnxruntime", *extra]), needle)
+
+
+def test_a_model_directory_is_exported_into_the_cache_once_and_captions_as_with_pytorch(model_dir, tmp_path,
+                                                                                        monkeypatch, capsys):
+    monkeypatch.setenv("CAPTIONER_CACHE", str(tmp_path / "cache"))
+    image = tmp_path / "red.png"
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(image)
+    captions = {}
+    for backend in ("torch", "onnxruntime", "auto"):
+        assert main(["caption", str(image), "--model", str(model_dir), "--backend", backend, "--plain"]) == 0
+        captions[backend] = capsys.readouterr().out.split("\t")[-1]
+    assert captions["torch"] == captions["onnxruntime"] == captions["auto"]
+    exports = list((tmp_path / "cache" / "onnx").iterdir())
+    assert len(exports) == 1 and (exports[0] / "onnx_manifest.json").is_file()  # exported once, reused by auto
 
 
 def test_the_default_model_is_exported_into_the_cache_once(tiny_exports, tmp_path, monkeypatch, capsys):

@@ -93,13 +93,18 @@ def add_guided_options(parser: argparse.ArgumentParser) -> None:
     from captioner.generation import GenerationConfig
 
     g = GenerationConfig()
-    add_field(parser, g, "guided", action="store_true", show_default=False,
-              help="tag-guided decoding: the encoder's confident ImageNet tags (e.g. 'cat', 'coffee') must appear in "
-              "the caption (constrained beam search); words the decoder never learned get rows for this")
-    add_field(parser, g, "tag_threshold", type=_tag_threshold, metavar="P",
-              help="probability a tag needs, summed over the ImageNet classes that map to its word (chosen on "
-              "Flickr8k val and COCO images: docs/ablation.md)")
-    add_field(parser, g, "max_tags", type=positive_int, metavar="N", help="at most N tags per image")
+    group = parser.add_mutually_exclusive_group()
+    add_field(group, g, "guided", "--guided", action="store_const", const=True, show_default=False,
+              help="tag-guided decoding: the encoder's confident ImageNet tags (e.g. 'a cat', 'a cup of coffee') must "
+              "appear in the caption (constrained beam search); words the decoder never learned get rows for this "
+              "(default: the model's setting, on for the embedded default model)")
+    group.add_argument("--plain", dest="guided", action="store_const", const=False,
+                       help="plain decoding: no tags asked of the caption")
+    add_field(parser, g, "tag_threshold", type=_tag_threshold, metavar="P", show_default=False,
+              help="probability a tag needs, summed over the ImageNet classes that map to its word (default: the "
+              "model's setting, which its model card states; docs/ablation.md)")
+    add_field(parser, g, "max_tags", type=positive_int, metavar="N", show_default=False,
+              help="at most N tags per image (default: the model's setting)")
 
 
 def resolve_device(name: str):
@@ -120,6 +125,45 @@ def load_model(model: str, device: str):
         return Captioner.from_pretrained(model, device=resolve_device(device))
     except (ModelLoadError, ValueError, OSError) as err:
         raise CliError(f"cannot load model {model}: {err}") from None
+
+
+def add_backend_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend", choices=["auto", "onnxruntime", "torch"], default="auto",
+        help="auto: ONNX Runtime on the CPU (a model directory is exported once into the cache, a few seconds), "
+        "PyTorch on a GPU; onnxruntime or torch to choose (same search, same captions within rounding) "
+        "(default: auto)")
+
+
+def load_captioner(args: argparse.Namespace):
+    """The model ``--model`` names with the backend ``--backend`` and ``--device`` choose; says in one line on
+    stderr why it uses PyTorch when ``auto`` could not use ONNX Runtime."""
+    import sys
+
+    from captioner.export.onnx import ExportError
+    from captioner.export.runtime import ExportLoadError, choose_backend, load_onnx
+    from captioner.models.files import ModelLoadError
+
+    is_export = Path(args.model, "onnx_manifest.json").is_file()
+    try:
+        backend, reason = choose_backend(args.backend, args.device)
+    except ValueError as err:
+        raise CliError(str(err)) from None
+    if backend == "torch" and is_export:
+        raise CliError(f"{args.model} is an ONNX export (written by `captioner export`): caption it with --backend "
+                       "onnxruntime (or auto), or give the model directory it was exported from")
+    if backend == "torch":
+        if reason:
+            print(f"note: using PyTorch: {reason}", file=sys.stderr)
+        return load_model(args.model, args.device)
+    try:
+        return load_onnx(args.model)
+    except ExportError as err:
+        raise CliError(str(err)) from None
+    except ExportLoadError as err:
+        raise CliError(f"cannot load ONNX export {args.model}: {err}") from None
+    except (ModelLoadError, ValueError, OSError) as err:  # the model directory itself, read to export it
+        raise CliError(f"cannot load model {args.model}: {err}") from None
 
 
 def generation_config(args: argparse.Namespace):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from captioner.cli.common import (
     CliError,
+    add_backend_option,
     add_dataset_options,
     add_decoding_options,
     add_device_option,
@@ -31,7 +32,8 @@ def add_parser(sub) -> None:
     )
     add_model_option(parser)
     add_dataset_options(parser)
-    parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
+    parser.add_argument("--split", default=None, help="split to evaluate (default: the dataset's only split, else "
+                        "val)")
     add_decoding_options(parser)
     add_guided_options(parser)
     parser.add_argument("--batch-size", type=positive_int, default=128, help="images per batch (default: 128)")
@@ -43,11 +45,12 @@ def add_parser(sub) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     add_image_options(parser)
     add_device_option(parser)
+    add_backend_option(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from captioner.cli.common import generation_config, load_model
+    from captioner.cli.common import generation_config, load_captioner
     from captioner.data import DatasetError
     from captioner.evaluate import evaluate, to_coco_results
 
@@ -56,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = load_split(args)
     if args.limit > 0:
         dataset = dataset.subset(args.limit)
-    model = load_model(args.model, args.device)
+    model = load_captioner(args)
     start = time.perf_counter()
     try:
         report, predictions = evaluate(model, dataset, generation_config(args), cache_dir=args.cache_dir,
@@ -83,9 +86,13 @@ def check_output_files(*paths: str | None) -> None:
 
 
 def load_split(args: argparse.Namespace):
-    from captioner.data import DatasetError, load_dataset
+    """The split ``--split`` names; by default the dataset's only split, else ``val``."""
+    from captioner.data import DatasetError, list_splits, load_dataset
 
     try:
+        if args.split is None:
+            splits = list_splits(args.data, args.data_format)
+            args.split = splits[0] if len(splits) == 1 else "val"
         return load_dataset(args.data, args.split, args.data_format, args.images)
     except DatasetError as err:
         raise CliError(str(err)) from None

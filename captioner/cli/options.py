@@ -43,7 +43,7 @@ def add_field(parser: argparse.ArgumentParser | Any, defaults: Any, name: str, *
         kwargs: ``type``, ``choices``, ``action``, ``metavar``...
     """
     default = getattr(defaults, name)
-    if kwargs.get("action") in ("store_true", "store_false"):
+    if kwargs.get("action") in ("store_true", "store_false") and default is not None:
         if (kwargs["action"] == "store_true") == bool(default):
             raise ValueError(f"{name}: a {kwargs['action']} flag cannot change the default {default!r}")
     text = f"{help} (default: {show(default)})" if show_default else help

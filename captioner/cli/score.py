@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
     )
     parser.add_argument("--predictions", required=True, metavar="FILE", help="COCO results JSON file")
     add_dataset_options(parser)
-    parser.add_argument("--split", default="test", help="split the captions belong to (default: test)")
+    parser.add_argument("--split", default=None, help="split the captions belong to (default: the dataset's only "
+                        "split, else val, as evaluate)")
     parser.add_argument("--allow-missing", action="store_true",
                         help="score only the images that have a caption instead of stopping")
     parser.add_argument("--out", metavar="FILE", help="write the report as JSON here")

@@ -9,7 +9,15 @@ import logging
 import socket
 from urllib.parse import urlsplit
 
-from captioner.cli.common import CliError, add_device_option, add_model_option, bounded, load_model, positive_int
+from captioner.cli.common import (
+    CliError,
+    add_backend_option,
+    add_device_option,
+    add_model_option,
+    bounded,
+    load_captioner,
+    positive_int,
+)
 from captioner.cli.options import add_field, fields_of
 from captioner.serving.settings import ServeSettings, address_for, hosts_for, url_for
 
@@ -36,6 +44,7 @@ def add_parser(sub) -> None:
     _add_limit_options(parser)
     _add_exposure_options(parser)
     add_device_option(parser)
+    add_backend_option(parser)
     parser.set_defaults(run=run)
 
 
@@ -161,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     if not _is_loopback(args.host):
         logger.warning("listening on %s: anyone who can reach this machine can use the page (no authentication); "
                        "answering Host names %s", args.host, ", ".join(settings.allowed_hosts))
-    model = load_model(args.model, args.device)
+    model = load_captioner(args)
     app = create_app(model, resolve_model_dir(args.model), settings)
     print(f"captioner: serving {resolve_model_dir(args.model)} at {url_for(args.host, args.port)} (Ctrl+C stops)",
           flush=True)

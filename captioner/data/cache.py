@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from captioner.fileio import atomic_write_text, file_sha256, save_error
 
@@ -191,8 +192,9 @@ def cached_features(
     paths: Sequence[Path],
     cache: FeatureCache | None,
     encode_files: Callable[[Sequence[Path]], tuple[np.ndarray, dict[int, str]]],
+    progress: bool = False,
 ) -> tuple[np.ndarray, dict[int, str]]:
-    """Vectors for image files, encoding only those the cache lacks.
+    """Vectors for image files, encoding only those the cache lacks (in chunks, see :func:`cache_missing`).
 
     Args:
         paths: image files.
@@ -205,19 +207,28 @@ def cached_features(
     """
     if cache is None:
         return encode_files(paths)
-    hashes, failures = cache_missing(paths, cache, encode_files)
+    hashes, failures = cache_missing(paths, cache, encode_files, progress=progress)
     out = np.zeros((len(paths), *cache.shape), dtype=cache.dtype)
     good = [i for i in range(len(paths)) if i not in failures]
     cache.get([hashes[i] for i in good], out=out, at=good)  # straight into out: one copy of the split in memory
     return out, failures
 
 
+ENCODE_CHUNK = 256  # images encoded and appended to the cache at a time: memory flat in the number of images
+
+
 def cache_missing(
     paths: Sequence[Path],
     cache: FeatureCache,
     encode_files: Callable[[Sequence[Path]], tuple[np.ndarray, dict[int, str]]],
+    chunk: int = ENCODE_CHUNK,
+    progress: bool = False,
 ) -> tuple[list[str | None], dict[int, str]]:
-    """Encode the image files the cache lacks and add them to it.
+    """Encode the image files the cache lacks and append them to it ``chunk`` images at a time, so that a cold
+    cache costs the memory of one chunk's features, not the split's.
+
+    Args:
+        progress: a tqdm bar over the images encoded (none when stderr is not a terminal).
 
     Returns:
         ``(hashes, failures)``: each file's SHA-256 (None when it cannot be read) and ``{index: reason}`` for the
@@ -232,10 +243,15 @@ def cache_missing(
     todo = [i for i, h in enumerate(hashes) if h is not None and h not in cache]
     if todo:
         logger.info("encoding %d of %d images (the others are cached)", len(todo), len(paths))
-        new, failed = encode_files([paths[i] for i in todo])
-        ok = [j for j in range(len(todo)) if j not in failed]
-        cache.add([hashes[todo[j]] for j in ok], new[ok])
-        failures.update({todo[j]: reason for j, reason in failed.items()})
+    with tqdm(total=len(todo), desc="encoding images", unit="image", leave=False,
+              disable=None if progress and todo else True) as bar:
+        for start in range(0, len(todo), chunk):
+            part = todo[start : start + chunk]
+            new, failed = encode_files([paths[i] for i in part])  # (len(part), *shape)
+            ok = [j for j in range(len(part)) if j not in failed and hashes[part[j]] not in cache]
+            cache.add([hashes[part[j]] for j in ok], new[ok])
+            failures.update({part[j]: reason for j, reason in failed.items()})
+            bar.update(len(part))
     return hashes, dict(sorted(failures.items()))
 
 

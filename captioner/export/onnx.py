@@ -10,7 +10,13 @@ An export directory is self-contained (no PyTorch weights are read from it):
   per image;
 - ``decoder_step.onnx``: ``tokens`` ``(B,)`` + context + state → ``logits`` ``(B, V)``, the new state
   (``new_state_i``) and, for attention models, the ``attention`` weights ``(B, L)``;
-- ``config.json``, ``vocab.json`` and ``onnx_manifest.json`` (graph files, tensor names, opset, versions).
+- ``classifier.onnx``: features → the encoder's ImageNet logits ``(B, 1000)`` (the image tags of guided decoding);
+- ``config.json``, ``vocab.json`` (and ``tag_calibration.json`` when the model has one) and ``onnx_manifest.json``
+  (graph files, tensor names, opset, versions, the extra words).
+
+The step graph has an embedding and an output row for every tag word the vocabulary lacks (``extra_words`` in the
+manifest, in the order :func:`captioner.generation.guided.add_tag_words` gives them ids), made as PyTorch's guided
+decoding makes them, so that ONNX Runtime can guide too; plain decoding reads the first ``vocab_size`` logits only.
 
 Every batch axis is dynamic. An ensemble (``num_decoders > 1``) is exported whole: its members' contexts and states
 are concatenated and the step graph's ``logits`` are the mean of their log-probabilities, as in PyTorch.
@@ -41,9 +47,10 @@ from captioner.config import to_json
 logger = logging.getLogger(__name__)
 
 MANIFEST = "onnx_manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: classifier graph and rows for the tag words
 DEFAULT_OPSET = 17
 GRAPHS = {"encoder": "encoder.onnx", "decoder_init": "decoder_init.onnx", "decoder_step": "decoder_step.onnx"}
+CLASSIFIER = "classifier.onnx"  # optional: encoders without an ImageNet head have none
 EXPORT_FILES = (*GRAPHS.values(), "config.json", "vocab.json", MANIFEST)
 
 
@@ -152,6 +159,17 @@ class _Encoder(nn.Module):
         return self.encoder(pixels).float()
 
 
+class _Classifier(nn.Module):
+    """The encoder's ImageNet head as a graph: features ``(B, D)`` or ``(B, L, C)`` → logits ``(B, 1000)``."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.encoder.classify_features(features.float()).float()
+
+
 class _FixedPadConv(nn.Module):
     """A TF-"same" convolution with its padding computed once for a known input size: a constant pad, which ONNX
     Runtime fuses into the convolution, where timm computes it from the input's shape at every call (ops that keep
@@ -226,6 +244,10 @@ def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET) -> dict:
         manifest = _write_graphs(model, tmp, opset)
         to_json(model.config, tmp / "config.json")
         model.vocab.save(tmp / "vocab.json")
+        if getattr(model, "tag_calibration", None) is not None:
+            (tmp / "tag_calibration.json").write_text(json.dumps(model.tag_calibration, indent=0), encoding="utf-8")
+        if getattr(model, "confidence_model", None) is not None:
+            model.confidence_model.save(tmp / "confidence.json")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         tmp.chmod(0o755)  # mkdtemp makes it private; an export is meant to be shared
         if out.exists():
@@ -262,14 +284,32 @@ def _write_graphs(model, directory: Path, opset: int) -> dict:
     _export(encoder, (pixels,), directory / GRAPHS["encoder"], ["pixels"], ["features"], axes, opset)
     _export(InitGraph(model.decoder), (features,), directory / GRAPHS["decoder_init"], ["features"],
             context_names + state_names, axes, opset)
-    _export(StepGraph(model.decoder, context_spec, state_spec), (tokens, *context_leaves, *state_leaves),
+    step_decoder, extra_words = _with_tag_rows(model)
+    _export(StepGraph(step_decoder, context_spec, state_spec), (tokens, *context_leaves, *state_leaves),
             directory / GRAPHS["decoder_step"], ["tokens", *context_names, *state_names], step_outputs, axes, opset)
+    graphs = dict(GRAPHS)
+    if getattr(model.encoder, "classifier", None) is not None:
+        _export(_Classifier(model.encoder), (features,), directory / CLASSIFIER, ["features"], ["imagenet_logits"],
+                {**axes, "imagenet_logits": {0: "batch"}}, opset)
+        graphs["classifier"] = CLASSIFIER
     return {
-        "format": "captioner-onnx", "format_version": FORMAT_VERSION, "graphs": dict(GRAPHS), "opset": opset,
+        "format": "captioner-onnx", "format_version": FORMAT_VERSION, "graphs": graphs, "opset": opset,
         "context": context_names, "state": state_names, "attention_output": attention,
         "num_decoders": model.config.num_decoders, "feature_shape": list(features.shape[1:]),
+        "vocab_size": len(model.vocab), "extra_words": extra_words, "model_sha256": model.weights_sha256(),
         "torch_version": torch.__version__, "onnx_version": onnx.__version__, "exporter": "torchscript",
     }
+
+
+def _with_tag_rows(model) -> tuple[nn.Module, list[str]]:
+    """The decoder with rows for every tag word its vocabulary lacks, and those words in id order (the model's own
+    vocabulary is not changed)."""
+    from captioner.generation.guided import add_tag_words, extend_decoder
+
+    vocab = copy.deepcopy(model.vocab)
+    vocab.extra = []
+    extra = list(add_tag_words(vocab))
+    return (extend_decoder(model.decoder, vocab).eval() if extra else model.decoder), extra
 
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], axes: dict,

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from captioner.config import check_no_repeat_ngram
+from captioner.config import check_no_repeat_ngram, check_tag_settings
 
 if TYPE_CHECKING:
     import torch
@@ -38,11 +38,14 @@ class GenerationConfig:
             shirt" with 2); 0 turns the guard off; None (default) uses the model's own setting
             (``ModelConfig.no_repeat_ngram``, 0 for models that have none, so they caption as they always did).
         guided: tag-guided decoding: the encoder's ImageNet tags whose probability reaches ``tag_threshold`` (at
-            most ``max_tags``) must appear in the caption (constrained beam search, :mod:`captioner.generation.guided`).
+            most ``max_tags``) must appear in the caption (constrained beam search, :mod:`captioner.generation.guided`);
+            None (default) uses the model's own setting (``ModelConfig.guided``: on for the embedded default, off for
+            models that have none); sampling is never guided unless asked for, which is an error.
         tags: words (or short phrases) every image's caption must contain: guided decoding with given tags instead of
             the encoder's; a single string is one tag.
-        tag_threshold: the probability an image tag needs (summed over the ImageNet classes that map to its word).
-        max_tags: at most this many tags per image.
+        tag_threshold: the probability an image tag needs (summed over the ImageNet classes that map to its word);
+            None: the model's own (``ModelConfig.tag_threshold``).
+        max_tags: at most this many tags per image; None: the model's own (``ModelConfig.max_tags``).
     """
 
     method: str = "beam"
@@ -55,10 +58,10 @@ class GenerationConfig:
     seed: int | None = None
     return_attention: bool = False
     no_repeat_ngram: int | None = None
-    guided: bool = False
+    guided: bool | None = None
     tags: tuple[str, ...] | None = None
-    tag_threshold: float = 0.1
-    max_tags: int = 2
+    tag_threshold: float | None = None
+    max_tags: int | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -77,10 +80,8 @@ class GenerationConfig:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if self.no_repeat_ngram is not None:
             check_no_repeat_ngram(self.no_repeat_ngram)
-        if not 0 < self.tag_threshold <= 1:
-            raise ValueError(f"tag_threshold is a probability in (0, 1], got {self.tag_threshold}")
-        if self.max_tags < 1:
-            raise ValueError(f"max_tags must be at least 1, got {self.max_tags}")
+        check_tag_settings(0.5 if self.tag_threshold is None else self.tag_threshold,
+                           1 if self.max_tags is None else self.max_tags)
         if (self.guided or self.tags) and self.method == "sample":
             raise ValueError("guided decoding searches (beam or greedy); it cannot sample")
 
@@ -97,6 +98,8 @@ class Hypothesis:
         attention: with ``GenerationConfig.return_attention``, the attention weights over the image locations when
             each token was generated, ``(len(tokens), L)``, each row summing to 1; else None.
         tags: for guided decoding, the image's tags the caption was asked to contain (:class:`Tag` each); else None.
+        confidence: the calibrated probability that the caption is right (:mod:`captioner.generation.confidence`),
+            for models that have a confidence model; else None.
     """
 
     tokens: list[int]
@@ -105,11 +108,21 @@ class Hypothesis:
     finished: bool
     attention: torch.Tensor | None = None
     tags: list | None = None
+    confidence: float | None = None
 
 
 def with_model_defaults(config: GenerationConfig, decoder) -> GenerationConfig:
-    """``config`` with what it leaves to the model filled in: ``no_repeat_ngram=None`` becomes the decoder's own
-    setting (0 for models that have none)."""
+    """``config`` with what it leaves to the model (None) filled in from the decoder's configuration: the repetition
+    guard (0 for models that have none), guided decoding (off for models that have no setting, and for sampling),
+    the tag threshold and the number of tags."""
+    model = decoder.config
+    filled = {}
     if config.no_repeat_ngram is None:
-        return dataclasses.replace(config, no_repeat_ngram=getattr(decoder.config, "no_repeat_ngram", 0))
-    return config
+        filled["no_repeat_ngram"] = getattr(model, "no_repeat_ngram", 0)
+    if config.guided is None:
+        filled["guided"] = bool(getattr(model, "guided", False)) and config.method != "sample"
+    if config.tag_threshold is None:
+        filled["tag_threshold"] = getattr(model, "tag_threshold", 0.1)
+    if config.max_tags is None:
+        filled["max_tags"] = getattr(model, "max_tags", 2)
+    return dataclasses.replace(config, **filled) if filled else config

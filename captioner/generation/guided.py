@@ -18,12 +18,15 @@ import torch
 from torch import nn
 
 from captioner.generation.config import GenerationConfig, Hypothesis
-from captioner.generation.constrained import constrained_search
-from captioner.generation.tags import Tag, constraint_ids, word_groups
+from captioner.generation.constrained import Constraint, constrained_search
+from captioner.generation.tags import Tag, article, constraint_ids, tag_tokens, word_groups
 from captioner.models.vocab_rows import append_rows, single_decoders
 from captioner.vocab import Vocabulary
 
 NEW_ROW_INIT = "group"  # how added words' rows start: "group" or "all" (docs/ablation.md measured both)
+ARTICLES = ("a", "an", "the")
+SUBJECT_FIRST: frozenset[str] = frozenset()  # groups whose unknown words must open the caption (none: measured
+# in docs/ablation.md, the decoder then continues "a zebra in a white shirt ...")
 
 _EXTENDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # decoder -> (extra words, extended copy)
 
@@ -52,11 +55,25 @@ def extend_decoder(decoder: nn.Module, vocab: Vocabulary, init: str | None = Non
                         torch.stack([head.bias[ids].mean() for ids in sources]))
             member.config = dataclasses.replace(member.config, vocab_size=size)
     extended.config = dataclasses.replace(extended.config, vocab_size=size)
+    if hasattr(extended, "plain_vocab"):  # an ensemble: its members' words keep their probabilities
+        extended.plain_vocab = len(vocab)
     return extended
 
 
-def guided_decoder(decoder: nn.Module, vocab: Vocabulary) -> nn.Module:
-    """``decoder`` extended with rows for ``vocab``'s extra words (kept, and rebuilt when words are added)."""
+def add_tag_words(vocab: Vocabulary) -> list[str]:
+    """Give every tag word the vocabulary lacks an extra id, in one fixed order (so that an export made ahead of
+    time has the same ids); returns ``vocab.extra``."""
+    for word in tag_tokens():
+        vocab.add_extra(word)
+    return vocab.extra
+
+
+def guided_decoder(decoder, vocab: Vocabulary):
+    """``decoder`` able to write ``vocab``'s extra words: a PyTorch decoder extended with rows for them (kept, and
+    rebuilt when words are added), or a backend's own decoder that has them already (``with_extra_rows``)."""
+    with_rows = getattr(decoder, "with_extra_rows", None)
+    if with_rows is not None:
+        return with_rows(vocab)
     if not vocab.extra:
         return decoder
     if not isinstance(decoder, nn.Module):
@@ -69,10 +86,38 @@ def guided_decoder(decoder: nn.Module, vocab: Vocabulary) -> nn.Module:
     return cached[1]
 
 
+def tag_constraint(vocab: Vocabulary, tag: Tag) -> Constraint:
+    """The constraint a tag puts on the caption.
+
+    - A word the caller gave: the word, placed freely.
+    - A mass noun or a plural ("broccoli", "jeans"): the word, never right after "a" or "an".
+    - A countable word the decoder knows ("dog"): the word, which the decoder may qualify ("a black dog", "two
+      dogs" are its to write), never after the article it does not take ("a elephant").
+    - A countable word the decoder never learned ("zebra"): the whole phrase with its article ("a zebra", "a cup of
+      coffee"), never right after another article: the decoder cannot choose articles for a word it does not know.
+    """
+    if tag.kind == "given":
+        return Constraint(tuple(constraint_ids(vocab, tag.text)))
+    word_ids = tuple(constraint_ids(vocab, tag.word))
+    if tag.kind in ("mass", "plural"):
+        return Constraint(word_ids, forbid_before=_ids(vocab, ("a", "an")))
+    if all(i < len(vocab) for i in word_ids) and tag.text.endswith(tag.word):
+        wrong = "a" if article(tag.word.split()[0]) == "an" else "an"
+        return Constraint(word_ids, forbid_before=_ids(vocab, (wrong,)))
+    tokens = tuple(constraint_ids(vocab, tag.text))
+    opens = word_groups().get(tag.word) in SUBJECT_FIRST
+    return Constraint(tokens, forbid_before=_ids(vocab, ARTICLES), at_start=opens)
+
+
+def _ids(vocab: Vocabulary, words: tuple[str, ...]) -> tuple[int, ...]:
+    return tuple(vocab.stoi[w] for w in words if w in vocab.stoi)
+
+
 @torch.inference_mode()
 def guided_search(decoder, features: torch.Tensor, vocab: Vocabulary, config: GenerationConfig,
                   tags: list[list[Tag]]) -> list[list[Hypothesis]]:
-    """Captions that contain each image's tags, image by image; each hypothesis carries its image's tags.
+    """Captions that contain each image's tags (one batched constrained search); each hypothesis carries its
+    image's tags.
 
     Args:
         decoder: the model's decoder (the search extends a copy when tag words are new to it).
@@ -81,13 +126,10 @@ def guided_search(decoder, features: torch.Tensor, vocab: Vocabulary, config: Ge
         config: a beam (or greedy) search, with the model's defaults already filled in.
         tags: each image's tags.
     """
-    constraints = [[constraint_ids(vocab, tag.word) for tag in image] for image in tags]
+    add_tag_words(vocab)
+    constraints = [[tag_constraint(vocab, tag) for tag in image] for image in tags]
     extended = guided_decoder(decoder, vocab)
     if config.method != "beam":  # greedy: one beam, as greedy search ranks (no length penalty, one caption)
         config = dataclasses.replace(config, beam_size=1, length_penalty=0.0, n_best=1)
-    results = []
-    for i in range(features.shape[0]):
-        hyps = constrained_search(extended, features[i : i + 1], vocab, config, constraints[i],
-                                  plain_vocab=len(vocab))
-        results.append([dataclasses.replace(h, tags=list(tags[i])) for h in hyps])
-    return results
+    results = constrained_search(extended, features, vocab, config, constraints, plain_vocab=len(vocab))
+    return [[dataclasses.replace(h, tags=list(image)) for h in hyps] for hyps, image in zip(results, tags)]

@@ -14,7 +14,7 @@ import torch
 
 from captioner.generation.config import GenerationConfig, Hypothesis
 from captioner.generation.logits import block_repeats, length_score, masked_log_probs
-from captioner.models.base import StepDecoder, map_tensors, reorder_state
+from captioner.models.base import StepDecoder, map_tensors, reorder_state, select_context
 from captioner.vocab import Vocabulary
 
 
@@ -99,46 +99,84 @@ def beam_search(
     """Beam search over all images × beams at once.
 
     Finished beams stay in their slot with a frozen score (they are extended with ``<pad>`` at log-probability 0),
-    so the tensors keep the shape ``(B * K, ...)`` and no Python loop runs over beams.
+    so the tensors keep the shape ``(B * K, ...)`` and no Python loop runs over beams. An image whose answer is
+    settled (:func:`settled_images`) leaves the batch at once, so the others' steps do not pay for it.
     """
-    batch, k, device = features.shape[0], config.beam_size, features.device
-    context, state = decoder.start(features)
-    context, state = repeat_rows(context, state, k)  # (B*K, ...)
-    scores = torch.full((batch, k), float("-inf"), device=device)
-    scores[:, 0] = 0.0  # all beams start identical: only the first may expand at step 0
-    tokens = torch.full((batch * k,), vocab.start_id, dtype=torch.long, device=device)
-    history = torch.empty((batch * k, 0), dtype=torch.long, device=device)
-    attention = None  # (B*K, t, L) with return_attention
-    done = torch.zeros(batch * k, dtype=torch.bool, device=device)
-    offsets = (torch.arange(batch, device=device) * k).unsqueeze(1)  # (B, 1)
+    k = config.beam_size
+    search = _BeamBatch(decoder, features, vocab, config)
     for _ in range(config.max_length):
-        logits, state, alpha = decoder.step(tokens, context, state)
-        logp = masked_log_probs(logits, vocab)  # (B*K, V)
+        logits, search.state, alpha = decoder.step(search.tokens, search.context, search.state)
+        logp = masked_log_probs(logits, vocab)  # (N*K, V)
         if config.no_repeat_ngram:
-            logp = block_repeats(logp, history, config.no_repeat_ngram)
-        logp[done] = float("-inf")
-        logp[done, vocab.pad_id] = 0.0  # a finished beam continues only with <pad>, at no cost
-        vocab_size = logp.shape[1]
-        candidates = (scores.view(-1, 1) + logp).view(batch, k * vocab_size)  # (B, K*V)
-        scores, flat = candidates.topk(k, dim=1)  # (B, K)
-        parent = (flat // vocab_size + offsets).view(-1)  # (B*K,) rows of the previous step
-        tokens = (flat % vocab_size).view(-1)  # (B*K,)
-        history = torch.cat([history.index_select(0, parent), tokens.unsqueeze(1)], dim=1)  # (B*K, t)
-        if config.return_attention:
-            step_alpha = alpha.float().index_select(0, parent).unsqueeze(1)  # (B*K, 1, L): what the parent read
-            attention = step_alpha if attention is None else torch.cat(
-                [attention.index_select(0, parent), step_alpha], dim=1)
-        state = reorder_state(state, parent)
-        done = done.index_select(0, parent) | (tokens == vocab.end_id)
-        if bool(done.all()) or (config.length_penalty == 0 and settled(scores, done.view(batch, k), config.n_best)):
+            logp = block_repeats(logp, search.history, config.no_repeat_ngram)
+        logp[search.done] = float("-inf")
+        logp[search.done, vocab.pad_id] = 0.0  # a finished beam continues only with <pad>, at no cost
+        n, vocab_size = len(search.images), logp.shape[1]
+        candidates = (search.scores.view(-1, 1) + logp).view(n, k * vocab_size)  # (N, K*V)
+        search.scores, flat = candidates.topk(k, dim=1)  # (N, K)
+        offsets = (torch.arange(n, device=flat.device) * k).unsqueeze(1)  # (N, 1)
+        search.advance((flat // vocab_size + offsets).view(-1), (flat % vocab_size).view(-1), alpha)
+        stop = search.done.view(n, k).all(dim=1)
+        if config.length_penalty == 0:
+            stop |= settled_images(search.scores, search.done.view(n, k), config.n_best)
+        if search.retire(stop):
             break
-    return collect_beams(history, scores, done, vocab, config, attention)
+    search.retire(torch.ones(len(search.images), dtype=torch.bool, device=search.done.device))
+    return search.results
 
 
-def settled(scores: torch.Tensor, done: torch.Tensor, n_best: int) -> bool:
-    """True when no image's n best can change any more: each image's ``n_best``-th best finished beam scores at
-    least as high as its best unfinished one. Without a length penalty an extension only lowers a score, so the
-    remaining steps could not change what is returned (they would only extend beams that lose).
+class _BeamBatch:
+    """The images still searching: their rows ``(N * K, ...)``, and the answers of those that left."""
+
+    def __init__(self, decoder: StepDecoder, features: torch.Tensor, vocab: Vocabulary, config: GenerationConfig):
+        batch, k, device = features.shape[0], config.beam_size, features.device
+        self.vocab, self.config, self.images = vocab, config, list(range(batch))
+        self.results: list[list[Hypothesis] | None] = [None] * batch
+        context, state = decoder.start(features)
+        self.context, self.state = repeat_rows(context, state, k)  # (B*K, ...)
+        self.scores = torch.full((batch, k), float("-inf"), device=device)
+        self.scores[:, 0] = 0.0  # all beams start identical: only the first may expand at step 0
+        self.tokens = torch.full((batch * k,), vocab.start_id, dtype=torch.long, device=device)
+        self.history = torch.empty((batch * k, 0), dtype=torch.long, device=device)
+        self.attention = None  # (N*K, t, L) with return_attention
+        self.done = torch.zeros(batch * k, dtype=torch.bool, device=device)
+
+    def advance(self, parent: torch.Tensor, tokens: torch.Tensor, alpha: torch.Tensor | None) -> None:
+        """Each new row's parent row ``(N*K,)`` and token ``(N*K,)``; ``alpha``: the step's attention."""
+        self.tokens = tokens
+        self.history = torch.cat([self.history.index_select(0, parent), tokens.unsqueeze(1)], dim=1)  # (N*K, t)
+        if self.config.return_attention:
+            step_alpha = alpha.float().index_select(0, parent).unsqueeze(1)  # (N*K, 1, L): what the parent read
+            self.attention = step_alpha if self.attention is None else torch.cat(
+                [self.attention.index_select(0, parent), step_alpha], dim=1)
+        self.state = reorder_state(self.state, parent)
+        self.done = self.done.index_select(0, parent) | (tokens == self.vocab.end_id)
+
+    def retire(self, stop: torch.Tensor) -> bool:
+        """Answer the images ``stop`` (bool ``(N,)``) and take their rows out; True when none is left."""
+        if not bool(stop.any()):
+            return False
+        k, n = self.config.beam_size, len(self.images)
+        rows = stop.repeat_interleave(k)
+        answers = collect_beams(self.history[rows], self.scores[stop], self.done[rows], self.vocab, self.config,
+                                None if self.attention is None else self.attention[rows])
+        for image, hyps in zip((i for i, s in zip(self.images, stop.tolist()) if s), answers):
+            self.results[image] = hyps
+        keep = torch.nonzero(~rows).flatten()
+        self.images = [i for i, s in zip(self.images, stop.tolist()) if not s]
+        if len(keep) < n * k:
+            self.context = select_context(self.context, keep)
+            self.state = reorder_state(self.state, keep)
+            self.scores, self.tokens = self.scores[~stop], self.tokens[keep]
+            self.history, self.done = self.history[keep], self.done[keep]
+            self.attention = None if self.attention is None else self.attention[keep]
+        return not self.images
+
+
+def settled_images(scores: torch.Tensor, done: torch.Tensor, n_best: int) -> torch.Tensor:
+    """Images ``(B,)`` whose n best can no longer change: the ``n_best``-th best finished beam scores at least as
+    high as the best unfinished one. Without a length penalty an extension only lowers a score, so further steps
+    could not change what is returned (they would only extend beams that lose).
 
     Args:
         scores: beam log-probabilities ``(B, K)``.
@@ -146,7 +184,7 @@ def settled(scores: torch.Tensor, done: torch.Tensor, n_best: int) -> bool:
     """
     finished = scores.masked_fill(~done, float("-inf")).topk(n_best, dim=1).values[:, -1]  # (B,)
     running = scores.masked_fill(done, float("-inf")).max(dim=1).values  # (B,)
-    return bool((finished >= running).all())
+    return finished >= running
 
 
 def collect_beams(

@@ -25,17 +25,44 @@ from captioner.vocab import Vocabulary
 
 @dataclass(frozen=True)
 class Tag:
-    """A caption word for a photo and the summed probability of the ImageNet classes that map to it."""
+    """A caption word for a photo, the summed probability of the ImageNet classes that map to it, and the phrase a
+    caption carries it in.
+
+    Attributes:
+        word: the head noun ("cat", "coffee"): what a reference must name for the tag to be right.
+        prob: the summed probability of its classes.
+        phrase: the words a caption writes ("a cat", "a cup of coffee", "broccoli"); the word itself when empty.
+        kind: ``count`` (the phrase carries its article), ``mass`` or ``plural`` (no article: none may precede it),
+            or ``given`` (a word the caller asked for, placed as the decoder likes).
+    """
 
     word: str
     prob: float
+    phrase: str = ""
+    kind: str = "given"
+
+    @property
+    def text(self) -> str:
+        """What the caption must contain."""
+        return self.phrase or self.word
 
 
 @lru_cache(maxsize=1)
 def tag_table() -> list[dict]:
-    """The 1,000 ImageNet classes in head order: ``{"index", "category", "word", "group", "rule"}`` each."""
+    """The 1,000 ImageNet classes in head order: ``{"index", "category", "word", "phrase", "kind", "group",
+    "synonyms", "rule"}`` each; dropped classes (parts, textures, misfires) have an empty word and phrase."""
     text = (resources.files("captioner.generation") / "imagenet_words.json").read_text(encoding="utf-8")
     return json.loads(text)["classes"]
+
+
+@lru_cache(maxsize=1)
+def tag_words() -> dict[str, dict]:
+    """Each tag word's entry (its first class's): phrase, kind, group, synonyms."""
+    words: dict[str, dict] = {}
+    for entry in tag_table():
+        if entry["word"]:
+            words.setdefault(entry["word"], entry)
+    return words
 
 
 CLASS_FLOOR = 0.01  # classes below this probability do not add to their word's
@@ -68,24 +95,32 @@ def tags_from_logits(logits: torch.Tensor, threshold: float, max_tags: int = 2,
     probs = probs.masked_fill(probs < CLASS_FLOOR, 0.0)
     skip = suppressed_words(calibration)
     words = [entry["word"] for entry in tag_table()]
-    names = sorted(set(words))
+    names = sorted(set(words))  # "" (the dropped classes) first
     column = {w: i for i, w in enumerate(names)}
     index = torch.tensor([column[w] for w in words])
     summed = torch.zeros(probs.shape[0], len(names)).index_add_(1, index, probs)  # (B, W): classes of a word summed
-    if skip:
-        summed[:, [column[w] for w in skip if w in column]] = 0.0
-    out = []
+    summed[:, [column[w] for w in skip | {""} if w in column]] = 0.0
+    entries, out = tag_words(), []
     for row in summed:
-        top = row.topk(max_tags)
-        out.append([Tag(names[int(i)], float(p)) for p, i in zip(top.values, top.indices) if p >= threshold])
+        top = row.topk(min(max_tags, len(names)))
+        out.append([Tag(names[i], float(p), entries[names[i]]["phrase"], entries[names[i]]["kind"])
+                    for p, i in zip(top.values.tolist(), top.indices.tolist()) if p >= threshold and names[i]])
     return out
 
 
+def tag_tokens() -> list[str]:
+    """Every word a tag phrase can contain, sorted: the words guided decoding may need rows for."""
+    return sorted({part for entry in tag_words().values() for part in (entry["phrase"] + " " + entry["word"]).split()})
+
+
 def word_groups() -> dict[str, str]:
-    """Each tag word's coarse group (the first class that maps to it decides)."""
+    """Each tag word's coarse group (the first class that maps to it decides); the words of multi-word phrases
+    ("cup" of "a cup of coffee") take their phrase's group."""
     groups: dict[str, str] = {}
-    for entry in tag_table():
-        groups.setdefault(entry["word"], entry["group"])
+    for word, entry in tag_words().items():
+        groups.setdefault(word, entry["group"])
+        for part in entry["phrase"].split():
+            groups.setdefault(part, entry["group"])
     return groups
 
 
@@ -93,3 +128,57 @@ def constraint_ids(vocab: Vocabulary, word: str) -> list[int]:
     """A tag word (or phrase) as token ids; words the vocabulary lacks are added as extra ids
     (:meth:`Vocabulary.add_extra`)."""
     return [vocab.add_extra(part) for part in word.split()]
+
+
+def article(word: str) -> str:
+    """The indefinite article English gives ``word`` by its first sound ("an orange", "a unicycle", "an hour")."""
+    if word.startswith(("hour", "honest", "heir", "honor", "honour")):
+        return "an"
+    sounds_like_you = ("uni", "use", "usu", "ute", "eu", "ewe", "one", "once", "ukulele", "urin")
+    return "an" if word[:1] in tuple("aeiou") and not word.startswith(sounds_like_you) else "a"
+
+
+def plural_forms(word: str) -> set[str]:
+    """``word`` and the plural a reference may use instead ("bus" -> "buses", "bench" -> "benches")."""
+    if word.endswith(("s", "x", "z", "ch", "sh")):
+        return {word, word + "es"}
+    if word.endswith("y") and word[-2:-1] not in tuple("aeiou"):
+        return {word, word[:-1] + "ies"}
+    return {word, word + "s"}
+
+
+def tag_named(word: str, tokens: set[str] | list[str]) -> bool:
+    """True when text of these ``tokens`` names the tag ``word``: the word or one of its synonyms (any word of a
+    multi-word one, e.g. "hot dog" -> "hot" and "dog"), singular or plural."""
+    tokens = set(tokens)
+    entry = tag_words().get(word, {})
+    for name in [word, *entry.get("synonyms", [])]:
+        parts = name.split()
+        if all(plural_forms(part) & tokens for part in parts):
+            return True
+    return False
+
+
+COMMON_MASS = frozenset({"water", "snow", "grass", "sand", "food", "dirt", "mud", "hair", "coffee", "broccoli"})
+TAG_VERBS = frozenset({"brake", "swing", "slide", "switch", "lock", "drill", "spray", "iron", "plow", "pump", "file",
+                       "pick", "scale", "stole", "swab", "fan", "screw", "nail", "hook"})
+PREPOSITIONS = frozenset({"on", "over", "in", "at", "with", "into", "onto", "under", "near", "by", "behind"})
+
+
+def ungrammatical_slots(caption: str) -> list[str]:
+    """The places where a caption puts a word where English cannot have it: "a <mass noun or plural>" ("sitting on a
+    coffee"), an article that does not fit the next word ("a envelope"), and "<preposition> a <verb>" ("riding on
+    a brake"). Returns the offending word pairs or triples (empty: none found)."""
+    mass = COMMON_MASS | {w for w, e in tag_words().items() if e["kind"] in ("mass", "plural")}
+    words, found = caption.lower().split(), []
+    for i in range(len(words) - 1):
+        first, second = words[i], words[i + 1]
+        if first in ("a", "an"):
+            two = " ".join(words[i + 1 : i + 3])
+            if second in mass or two in mass:
+                found.append(f"{first} {second}")
+            elif first != article(second):
+                found.append(f"{first} {second}")
+            elif second in TAG_VERBS and i > 0 and words[i - 1] in PREPOSITIONS:
+                found.append(f"{words[i - 1]} {first} {second}")
+    return found

@@ -32,12 +32,12 @@ import numpy as np
 
 from captioner.metrics.coco import (
     Tokens,
+    bleu,
     bleu_from_tokens,
+    cider,
     cider_from_tokens,
     prepare_tokens,
     rouge_from_tokens,
-    bleu,
-    cider,
     rouge_l,
 )
 from captioner.metrics.nltk_scores import BLEU_WEIGHTS, corpus_bleu, nltk_bleu

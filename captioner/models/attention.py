@@ -213,8 +213,8 @@ class AttentionDecoder(nn.Module):
 
 
     def _fused_recurrence(self) -> bool:
-        """Whether teacher forcing runs as one autograd node (:mod:`captioner.models.fused_lstm`): a one-layer LSTM outside
-        autocast (mixed precision keeps the step-by-step loop, whose products autocast casts one by one)."""
+        """Whether teacher forcing runs as one autograd node (:mod:`captioner.models.fused_lstm`): a one-layer LSTM
+        outside autocast (mixed precision keeps the step-by-step loop, whose products autocast casts one by one)."""
         return (self.is_lstm and self.config.num_layers == 1
                 and not torch.is_autocast_enabled(self.head.weight.device.type))
 

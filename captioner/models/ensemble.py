@@ -43,6 +43,7 @@ class DecoderEnsemble(nn.Module):
             raise ValueError(f"an ensemble of num_decoders={config.num_decoders} got {len(members)} members")
         self.config = config
         self.members = nn.ModuleList(members)
+        self.plain_vocab: int | None = None  # with rows added for guided decoding: the vocabulary's own size
 
     @property
     def head(self) -> nn.Linear:
@@ -63,8 +64,16 @@ class DecoderEnsemble(nn.Module):
         attention = torch.stack(alphas).mean(dim=0) if all(a is not None for a in alphas) else None
         if len(outs) == 1:
             return DecoderStep(outs[0].logits, states, attention)  # one member: its own logits, unchanged
-        logp = torch.stack([torch.log_softmax(o.logits.float(), dim=-1) for o in outs]).mean(dim=0)  # (B, V)
+        logp = torch.stack([self._log_probs(o.logits.float()) for o in outs]).mean(dim=0)  # (B, V)
         return DecoderStep(logp, states, attention)
+
+    def _log_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """A member's log-probabilities ``(B, V)``, normalised over the vocabulary's own words: rows added for
+        guided decoding (past ``plain_vocab``) are scored against those words and do not change their values."""
+        plain = self.plain_vocab
+        if plain is None or plain == logits.shape[-1]:
+            return torch.log_softmax(logits, dim=-1)
+        return logits - torch.logsumexp(logits[:, :plain], dim=-1, keepdim=True)
 
     def forward(self, features: torch.Tensor, tokens: torch.Tensor,
                 image_index: torch.Tensor | None = None) -> torch.Tensor:

@@ -3,8 +3,8 @@
 Run step by step under autograd, every step of :class:`captioner.models.attention.AttentionDecoder` leaves a dozen small
 nodes behind: slices of the attention context whose backward zero-fills and copies a tensor of the batch's context
 size, weight-gradient products with as few rows as the step has captions, separate passes for each element-wise
-operation. This module runs the same mathematics (the docstring of :mod:`captioner.models.attention`) over all steps in one
-:class:`torch.autograd.Function`:
+operation. This module runs the same mathematics (the docstring of :mod:`captioner.models.attention`) over all steps in
+one :class:`torch.autograd.Function`:
 
 - forward: per step, one product ``h @ [W_hh ; W_q ; W_b]^T`` for everything the previous hidden state feeds, the
   additive attention, the gated context, the LSTM cell; it keeps what the backward needs;

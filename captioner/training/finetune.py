@@ -1,8 +1,8 @@
 """Fine-tuning a trained model on new data without losing what it knew.
 
 Starting from a model directory (or the embedded default), optionally extend the vocabulary with the new data's
-words, train with the shared loop (:func:`captioner.training.loop.fit`: resume, schedule, early stopping, freezing, encoder
-unfreezing), and measure the model on the new data and on the old data (``also_eval``) before and after — the
+words, train with the shared loop (:func:`captioner.training.loop.fit`: resume, schedule, early stopping, freezing,
+encoder unfreezing), and measure the model on the new data and on the old data (``also_eval``) before and after — the
 forgetting report.
 """
 

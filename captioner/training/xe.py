@@ -105,7 +105,8 @@ def _train_features(run: Run, rows: torch.Tensor, mirror: torch.Tensor | None
             return run.train.vectors(rows, mirror).to(run.device), None
         images, index = torch.unique(rows, return_inverse=True)
         return run.train.vectors(images).to(run.device), index.to(run.device)
-    images = [load_image(run.train.data.items[int(i)].path) for i in rows]
+    side = run.model.config.preprocess.resize
+    images = [load_image(run.train.data.items[int(i)].path, min_side=side) for i in rows]
     if mirror is not None:
         images = [ImageOps.mirror(img) if flip else img for img, flip in zip(images, mirror.tolist())]
     pixels = torch.stack([run.model.transform(img) for img in images])  # (B, 3, H, W)
