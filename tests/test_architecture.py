@@ -35,6 +35,7 @@ ALLOWED = {
     "export": BASE | {"models", "generation", "pipeline", "data", "features"},
     "serving": BASE | {"models", "generation", "pipeline", "data", "export"},
     "inspection": BASE | {"models", "generation", "pipeline", "data", "features"},
+    "library": BASE | {"models", "generation", "pipeline"},
     "cli": None,  # anything
     "__main__": {"cli"},
     "train": set(),  # the torchrun shim runs ``python -m captioner`` by name

@@ -39,7 +39,8 @@ def test_caption_files_and_directories(model_dir, images, capsys):
 def test_caption_json_lines(model_dir, images, capsys):
     assert main(["caption", str(images / "red.jpg"), "--model", str(model_dir), "--json"]) == 0
     row = json.loads(capsys.readouterr().out)
-    assert set(row) == {"image", "caption", "log_prob"} and row["log_prob"] <= 0
+    assert set(row) == {"image", "caption", "log_prob", "confidence", "needs_review"} and row["log_prob"] <= 0
+    assert row["confidence"] is None and row["needs_review"] is False  # a model without a confidence model
 
 
 def test_bad_images_are_reported_and_the_rest_captioned(model_dir, images, tmp_path, capsys):

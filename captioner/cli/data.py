@@ -1,12 +1,15 @@
-"""``captioner data check|convert|subset|features|download``: inspect, convert, subset, pre-encode and download\ndatasets."""
+"""``captioner data check|convert|subset|features|pseudo-label|download``: inspect, convert, subset, pre-encode,
+pseudo-label and download datasets."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from captioner.cli.common import CliError, add_image_options, apply_image_options, non_negative_int, positive_int
+from captioner.cli.options import add_field
 
 
 def add_parser(sub) -> None:
@@ -44,6 +47,7 @@ def add_parser(sub) -> None:
     convert.set_defaults(run=run_convert)
     _add_subset_parser(actions)
     _add_features_parser(actions)
+    _add_pseudo_label_parser(actions)
     from captioner.cli import download as download_cli
 
     download_cli.add_parser(actions)
@@ -94,6 +98,65 @@ def _add_features_parser(actions) -> None:
     features.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's choice)")
     features.add_argument("--json", action="store_true", help="print the summary as JSON")
     features.set_defaults(run=run_features)
+
+
+def _add_pseudo_label_parser(actions) -> None:
+    from captioner.training.pseudo import PseudoLabelConfig
+
+    pseudo = actions.add_parser(
+        "pseudo-label", help="caption unlabelled photos with a teacher model, for self-training",
+        description="Caption a directory of photos nobody captioned with a trained model's tag-guided decoding, "
+        "keep the captions it can be trusted with (a confident tag, a fluent caption) and write them as a caption "
+        "folder (images/ links to the photos) that `captioner train --extra-data OUT` adds to the training data. "
+        "OUT/pseudo_labels.jsonl lists every photo and why it was left out.")
+    pseudo.add_argument("images", metavar="IMAGES", help="directory of photos (searched recursively)")
+    pseudo.add_argument("out", metavar="OUT", help="new directory to write")
+    pseudo.add_argument("--model", default="default", metavar="DIR", help="the teacher model (default: default)")
+    p = PseudoLabelConfig()
+    add_field(pseudo, p, "min_tag_prob", type=_probability, metavar="P",
+              help="keep a photo whose most probable tag reaches P")
+    add_field(pseudo, p, "min_token_log_prob", type=float, metavar="L",
+              help="keep a caption whose log-probability per token reaches L")
+    add_field(pseudo, p, "captions_per_image", type=positive_int, metavar="N", help="keep up to N captions a photo")
+    add_field(pseudo, p, "beam_size", type=positive_int, help="beams of the guided search")
+    pseudo.add_argument("--cache-dir", default=None, metavar="DIR",
+                        help="feature cache (default: $CAPTIONER_CACHE/features)")
+    pseudo.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's choice)")
+    pseudo.set_defaults(run=run_pseudo_label)
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text}")
+    return value
+
+
+def run_pseudo_label(args: argparse.Namespace) -> int:
+    from captioner.cli.common import load_model
+    from captioner.cli.options import fields_of
+    from captioner.library.inputs import collect_images
+    from captioner.training.pseudo import PseudoLabelConfig, pseudo_label, write_caption_folder
+
+    images = Path(args.images)
+    if not images.is_dir():
+        raise CliError(f"{images} is not a directory of photos")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    paths = [p for p, problem in collect_images([str(images)]) if problem is None]
+    if not paths:
+        raise CliError(f"{images} holds no image files")
+    model = load_model(args.model, "cpu")
+    records = pseudo_label(model, paths, PseudoLabelConfig(**fields_of(PseudoLabelConfig, args)), args.cache_dir)
+    try:
+        kept = write_caption_folder(Path(args.out), images, records)
+    except (ValueError, OSError) as err:
+        raise CliError(str(err)) from None
+    print(f"{args.out}: pseudo-captions for {kept} of {len(paths)} photos (the others: {Path(args.out)}"
+          "/pseudo_labels.jsonl says why)")
+    return 0
 
 
 def _source_options(parser: argparse.ArgumentParser) -> None:

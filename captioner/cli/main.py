@@ -16,6 +16,7 @@ from captioner.cli import (
     export,
     finetune,
     inspect,
+    merge,
     plot,
     score,
     serve,
@@ -26,7 +27,8 @@ from captioner.cli.common import CliError
 from captioner.fileio import SaveError
 from captioner.version import __version__
 
-SUBCOMMANDS = (caption, train, finetune, ensemble, export, evaluate, score, data, inspect, visualize, plot, serve)
+SUBCOMMANDS = (caption, merge, train, finetune, ensemble, export, evaluate, score, data, inspect, visualize, plot,
+               serve)
 
 
 class _Parser(argparse.ArgumentParser):

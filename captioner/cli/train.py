@@ -90,6 +90,9 @@ def _data_options(parser: argparse.ArgumentParser, d) -> None:
     add_field(parser, d, "holdout", type=non_negative_int, metavar="N", help="validate on N images held out of the "
               "training split (seeded) instead of --val-split, so that model selection never sees the validation "
               "split (0: off)")
+    add_field(parser, d, "extra_data", metavar="PATH[:SPLIT]", action="append", help="add another dataset's "
+              "training split (or SPLIT) to the training data, after the held-out draw, e.g. pseudo-captions from "
+              "`captioner data pseudo-label`; repeatable")
     add_field(parser, d, "holdout_seed", type=int, metavar="SEED", help="seed of the held-out draw (none: --seed); "
               "train ensemble members with different --seed and one --holdout-seed so that none of them sees the "
               "images the ensemble is judged on")

@@ -43,6 +43,9 @@ class TrainConfig:
         val_max_images: validation uses the first N images of the split every epoch, a fixed subset (0: all).
         holdout: validate on N images held out of the training split (seeded) instead of ``val_split``, so the
             model is selected without looking at the validation split (0: use ``val_split``).
+        extra_data: more caption datasets whose training splits are added to ``data``'s (after the held-out draw,
+            which stays on ``data``), e.g. pseudo-captions of unlabelled photos (``captioner data pseudo-label``);
+            each ``PATH`` or ``PATH:SPLIT`` (default split ``train``), format detected.
         holdout_seed: seed of the held-out draw (None: ``seed``); give the members of an ensemble one held-out set
             with different training seeds, so that the ensemble can be judged on images none of them trained on.
         label_smoothing: cross-entropy label smoothing (0: none).
@@ -106,6 +109,7 @@ class TrainConfig:
     val_max_images: int = 0
     holdout: int = 0
     holdout_seed: int | None = None
+    extra_data: list[str] = field(default_factory=list)
     label_smoothing: float = 0.0
     flip_features: bool = False
     tensorboard: bool = False

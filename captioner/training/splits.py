@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -59,6 +60,8 @@ def load_splits(cfg: TrainConfig) -> tuple[CaptionSet, CaptionSet | None]:
     val_set = load_dataset(cfg.data, cfg.val_split, cfg.data_format, cfg.images) if cfg.val_split else None
     if cfg.holdout:
         train_set, val_set = hold_out(train_set, cfg.holdout, cfg.seed if cfg.holdout_seed is None else cfg.holdout_seed)
+    for spec in cfg.extra_data:
+        train_set = join(train_set, load_extra(spec))
     if cfg.dry_run:
         train_set = train_set.subset(DRY_RUN_IMAGES)
         val_set = val_set.subset(DRY_RUN_IMAGES // 2) if val_set is not None else None
@@ -67,6 +70,27 @@ def load_splits(cfg: TrainConfig) -> tuple[CaptionSet, CaptionSet | None]:
     if not len(train_set):
         raise ValueError(f"{cfg.data}: split {cfg.train_split!r} has no images")
     return train_set, val_set
+
+
+def load_extra(spec: str) -> CaptionSet:
+    """``PATH`` or ``PATH:SPLIT`` (default split ``train``) of ``TrainConfig.extra_data``."""
+    path, _, split = spec.rpartition(":")
+    if not path or "/" in split or not Path(path).exists():
+        path, split = spec, "train"
+    return load_dataset(path, split)
+
+
+def join(first: CaptionSet, second: CaptionSet) -> CaptionSet:
+    """The images of two caption sets, ``first``'s first (an image in both keeps ``first``'s captions).
+
+    Raises:
+        ValueError: the second set adds no image.
+    """
+    seen = {item.path for item in first.items}
+    added = [item for item in second.items if item.path not in seen]
+    if not added:
+        raise ValueError(f"extra data {second.root} ({second.split}) adds no image to {first.root}")
+    return CaptionSet(first.root, first.split, first.items + added)
 
 
 def hold_out(data: CaptionSet, n: int, seed: int) -> tuple[CaptionSet, CaptionSet]:
