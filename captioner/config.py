@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +23,60 @@ POOLINGS = ("avg", "avgmax")
 ATTENTION_INITS = ("mean", "zeros")
 POOLING_LABELS = {"avg": "mean", "avgmax": "mean+max"}  # for model cards
 DEVICES = ("auto", "cpu", "cuda", "mps")
+INTERPOLATIONS = ("bicubic", "bilinear")
+
+# What a model directory's config.json may say: anything outside these is refused before a tensor is built (a
+# hostile or mistyped config.json must not allocate gigabytes first). Generous for any model captioner trains.
+MAX_WIDTH = 16384  # encoder_dim, embed_dim, image_proj_dim, hidden_dim, attention_dim
+WHOLE_RANGES = {
+    "vocab_size": (4, 1_000_000),  # the four special tokens at least
+    "encoder_dim": (1, MAX_WIDTH), "embed_dim": (1, MAX_WIDTH), "image_proj_dim": (1, MAX_WIDTH),
+    "hidden_dim": (1, MAX_WIDTH), "attention_dim": (1, MAX_WIDTH),
+    "num_layers": (1, 16), "num_decoders": (1, 64), "feature_locations": (0, 65536),
+    "no_repeat_ngram": (0, 1000), "max_tags": (1, 1000),
+}
+CHOICES = {"pooling": POOLINGS, "cell": CELL_TYPES, "inject": INJECT_MODES, "attention_init": ATTENTION_INITS}
+FLAGS = ("encoder_weights_in_file", "attention_gate", "guided")
+IMAGE_SIDES = (16, 4096)  # preprocess.resize and preprocess.crop
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """A value as JSON writes it (``"512"`` for a string), cut to ``limit`` characters: for one-line messages."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
+
+
+def check_whole(name: str, value: Any, low: int, high: int) -> None:
+    """``value`` is a whole number (not a bool) from ``low`` to ``high``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+        raise ValueError(f"{name} must be a whole number from {low} to {high}, got {shown(value)}")
+
+
+def is_real(value: Any) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {shown(value)}")
+
+
+def check_flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {shown(value)}")
+
+
+def check_channels(name: str, value: Any, positive: bool) -> tuple[float, float, float]:
+    """Three finite per-channel numbers (strictly positive when ``positive``), as a tuple."""
+    if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(is_real(v) for v in value) or (
+            positive and not all(v > 0 for v in value)):
+        what = "positive finite numbers" if positive else "finite numbers"
+        raise ValueError(f"{name} must be three {what} (one per RGB channel), got {shown(value)}")
+    return tuple(value)
 
 
 def check_no_repeat_ngram(value: int) -> int:
@@ -55,6 +111,16 @@ class Preprocess:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     interpolation: str = "bicubic"
+
+    def __post_init__(self) -> None:
+        for name in ("resize", "crop"):
+            check_whole(f"preprocess.{name}", getattr(self, name), *IMAGE_SIDES)
+        if self.crop > self.resize:
+            raise ValueError(f"preprocess.crop ({self.crop}) must not exceed preprocess.resize ({self.resize}): the "
+                             "crop is taken from the image resized to that shorter side")
+        object.__setattr__(self, "mean", check_channels("preprocess.mean", self.mean, positive=False))
+        object.__setattr__(self, "std", check_channels("preprocess.std", self.std, positive=True))
+        check_choice("preprocess.interpolation", self.interpolation, INTERPOLATIONS)
 
     def key(self) -> str:
         """A stable string that identifies this preprocessing (used in feature-cache keys)."""
@@ -126,25 +192,12 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.preprocess, dict):
-            pre = dict(self.preprocess)
-            pre["mean"], pre["std"] = tuple(pre["mean"]), tuple(pre["std"])
-            self.preprocess = Preprocess(**pre)
-        if self.cell not in CELL_TYPES:
-            raise ValueError(f"cell must be one of {CELL_TYPES}, got {self.cell!r}")
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        check_no_repeat_ngram(self.no_repeat_ngram)
-        check_tag_settings(self.tag_threshold, self.max_tags)
-        if self.inject not in INJECT_MODES:
-            raise ValueError(f"inject must be one of {INJECT_MODES}, got {self.inject!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.attention_init not in ATTENTION_INITS:
-            raise ValueError(f"attention_init must be one of {ATTENTION_INITS}, got {self.attention_init!r}")
-        if self.num_decoders < 1:
-            raise ValueError(f"num_decoders must be at least 1, got {self.num_decoders}")
-        if self.attention and self.pooling != "avg":
-            raise ValueError("inject 'attention' reads the encoder's feature map itself: leave pooling at 'avg'")
+            check_keys(Preprocess, self.preprocess, "preprocess")
+            self.preprocess = Preprocess(**self.preprocess)
+        elif not isinstance(self.preprocess, Preprocess):
+            raise ValueError(f"preprocess must be an object with {', '.join(_names(Preprocess))}, got "
+                             f"{shown(self.preprocess)}")
+        check_model_fields(self)
 
     @property
     def attention(self) -> bool:
@@ -160,6 +213,30 @@ class ModelConfig:
         return (self.feature_locations, self.encoder_dim)
 
 
+def check_model_fields(config: ModelConfig) -> None:
+    """The type and range of every :class:`ModelConfig` field, and the rules between them (``preprocess`` checks
+    itself). ``__post_init__`` calls this, so a config built in code and one read from ``config.json`` obey the same
+    rules; a model directory's tensor shapes are checked against them by :mod:`captioner.models.files`.
+
+    Raises:
+        ValueError: naming the first field that is wrong, what it must be and what it is.
+    """
+    if not isinstance(config.encoder, str) or not config.encoder:
+        raise ValueError(f"encoder must be the name of an encoder, got {shown(config.encoder)}")
+    for name, (low, high) in WHOLE_RANGES.items():
+        check_whole(name, getattr(config, name), low, high)
+    for name, choices in CHOICES.items():
+        check_choice(name, getattr(config, name), choices)
+    for name in FLAGS:
+        check_flag(name, getattr(config, name))
+    if not is_real(config.dropout) or not 0.0 <= config.dropout < 1.0:
+        raise ValueError(f"dropout must be a number in [0, 1), got {shown(config.dropout)}")
+    check_no_repeat_ngram(config.no_repeat_ngram)
+    check_tag_settings(config.tag_threshold, config.max_tags)
+    if config.attention and config.pooling != "avg":
+        raise ValueError("inject 'attention' reads the encoder's feature map itself: leave pooling at 'avg'")
+
+
 def to_json(obj: Any, path: str | Path) -> None:
     """Write a dataclass as pretty, key-sorted JSON (stable bytes for the same config)."""
     text = json.dumps(dataclasses.asdict(obj), indent=2, sort_keys=True)
@@ -167,17 +244,38 @@ def to_json(obj: Any, path: str | Path) -> None:
 
 
 def from_json(cls: type[T], path: str | Path) -> T:
-    """Read a dataclass written by :func:`to_json`; unknown keys are an error that names them."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    """Read a dataclass written by :func:`to_json`; unknown keys, bad values and bad JSON are errors naming the file
+    (and the key)."""
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except ValueError as err:  # JSONDecodeError; RecursionError is not a ValueError
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not valid JSON (nested too deeply)") from None
     return from_dict(cls, data, source=str(path))
 
 
-def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
-    """Build a dataclass from a dict, rejecting keys it does not know (they signal a version mismatch)."""
+def _names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+
+
+def check_keys(cls: type, data: Any, source: str) -> None:
+    """``data`` is a JSON object whose keys are all fields of ``cls`` (others signal a version mismatch)."""
     if not isinstance(data, dict):
         raise ValueError(f"{source}: expected a JSON object, got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - known)
+    unknown = sorted(set(data) - set(_names(cls)), key=str)
     if unknown:
-        raise ValueError(f"{source}: unknown keys {unknown}; was it written by a newer captioner?")
-    return cls(**data)
+        names = [k if len(k) <= 40 else f"{k[:40]}…" for k in map(str, unknown[:10])]
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        raise ValueError(f"{source}: unknown keys {names}{more}; was it written by a newer captioner?")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
+    """Build a dataclass from a dict, rejecting keys it does not know (they signal a version mismatch); an error
+    names ``source`` (the file) and the field."""
+    check_keys(cls, data, source)
+    try:
+        return cls(**data)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{source}: {err}") from None

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from captioner.config import ModelConfig, from_json, to_json
+from captioner.config import ModelConfig, to_json
 from captioner.fileio import save_error
 from captioner.generation import GenerationConfig, Hypothesis, Tag, generate, tags_from_logits
 from captioner.generation.confidence import CONFIDENCE_FILE, ConfidenceModel, add_confidence
@@ -34,7 +34,6 @@ from captioner.models.files import (
     IMAGE_MEAN_FILE,
     TAG_CALIBRATION_FILE,
     ModelLoadError,
-    check_model_dir,
     default_card,
     load_image_mean,
     load_tag_calibration,
@@ -43,6 +42,7 @@ from captioner.models.files import (
     replace_dir,
     resolve_model_dir,
     strip_prefix,
+    validate_model_dir,
 )
 from captioner.models.transforms import make_transform
 from captioner.vocab import Vocabulary
@@ -249,13 +249,7 @@ class Captioner(ImageCaptioning, nn.Module):
                 do not fit the configuration and vocabulary; the message names the file.
         """
         directory = resolve_model_dir(directory)
-        check_model_dir(directory)
-        config = from_json(ModelConfig, directory / "config.json")
-        try:
-            encoders.get_spec(config.encoder)
-        except ValueError as err:
-            raise ModelLoadError(f"{directory / 'config.json'}: {err} (a model from a newer captioner?)") from None
-        vocab = Vocabulary.load(directory / "vocab.json")
+        config, vocab = validate_model_dir(directory)  # fields, vocabulary and tensor shapes, before any allocation
         state = read_weights(directory / "model.safetensors")
         try:
             encoder = None
