@@ -187,7 +187,12 @@ def _machine_options(parser: argparse.ArgumentParser, d) -> None:
 
 
 def prepare_out(args: argparse.Namespace) -> None:
-    """Refuse to clobber an earlier run unless --overwrite; --resume needs one."""
+    """Refuse to clobber an earlier run unless --overwrite; --resume needs one.
+
+    A run killed before its first ``training_state.pt`` (a ``log.csv`` and nothing else to resume) is started again
+    from the beginning by --resume, with a note saying so; a rerun without --resume says that --resume will (or
+    --overwrite), so the two messages agree.
+    """
     if args.tensorboard:  # before anything in the run directory is touched
         from captioner.training.logs import require_tensorboard
 
@@ -199,17 +204,34 @@ def prepare_out(args: argparse.Namespace) -> None:
     check_writable_dir(out, "--out")
     if not Path(args.data).exists():
         raise CliError(f"--data {args.data}: no such file or directory")
-    if args.resume:
-        if not (out / "training_state.pt").is_file():
-            raise CliError(f"--resume: {out} holds no training_state.pt to continue from; run without --resume")
-        return
     earlier = [name for name in ("model", "log.csv", "training_state.pt") if (out / name).exists()]
+    unsaved = earlier == ["log.csv"]  # killed before its first state: nothing to continue, nothing to lose
+    if args.resume and "training_state.pt" in earlier:
+        return
+    if args.resume and not unsaved:
+        hint = "pass --overwrite to replace its run, or choose another --out" if earlier else "run without --resume"
+        raise CliError(f"--resume: {out} holds no training_state.pt to continue from; {hint}")
+    if args.resume:
+        args.resume, args.overwrite = False, True
+        _note(f"{out} holds no training_state.pt (its run was stopped before the first save): --resume starts it "
+              "again from the beginning")
     if earlier and not args.overwrite:
+        resume = ("pass --resume to continue it, " if "training_state.pt" in earlier else
+                  "pass --resume to start it again from the beginning (it stopped before its first saved state), "
+                  if unsaved else "")
         raise CliError(f"--out {out} already holds an earlier run ({', '.join(earlier)}); choose another --out, "
-                       "pass --resume to continue it or --overwrite to replace it")
+                       f"{resume}or pass --overwrite to replace it")
     for name in ("log.csv", "training_state.pt"):
         if args.overwrite:
             (out / name).unlink(missing_ok=True)  # missing_ok: the processes of a torchrun job all get here
+
+
+def _note(text: str) -> None:
+    """One ``note:`` line on stderr (from the first process of a torchrun job only)."""
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        print(f"note: {text}", file=sys.stderr)
 
 
 def train_config(args: argparse.Namespace):

@@ -19,7 +19,9 @@ first check.
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -32,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from captioner.fileio import atomic_write_text, file_sha256, save_error
+from captioner.fileio import SaveError, atomic_write_text, file_sha256, save_error
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,31 @@ def default_cache_dir() -> Path:
     return cache_root() / "features"
 
 
+_DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def cache_access_error(root: Path, err: OSError) -> SaveError:
+    """The one-line error for a feature cache this user may not read or write: the cache, the file, and what to
+    do (a :class:`SaveError`, so every command prints it as one ``error:`` line)."""
+    where = f" ({err.filename})" if err.filename else ""
+    return SaveError(err.errno, f"cannot use the feature cache {root}: {os.strerror(err.errno).lower()}{where}; fix "
+                                "its permissions, or pass --cache-dir DIR (or set CAPTIONER_CACHE) to use a directory "
+                                "this user can write", err.filename)
+
+
+def _advising(method: Callable) -> Callable:
+    """A :class:`FeatureCache` method whose permission errors become :func:`cache_access_error`."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as err:
+            if err.errno not in _DENIED:
+                raise
+            raise cache_access_error(self.root, err) from None
+    return wrapper
+
+
 class FeatureCache:
     """Image features of one encoder configuration, memory-mapped.
 
@@ -58,7 +85,9 @@ class FeatureCache:
         dtype: ``float32`` or ``float16`` (stored and returned).
     """
 
+    @_advising
     def __init__(self, root: str | Path, key: str, dim: int | tuple[int, ...], dtype: str = "float32") -> None:
+        self.root = Path(root)
         if dtype not in _SUFFIX:
             raise ValueError(f"feature cache dtype must be one of {sorted(_SUFFIX)}, got {dtype!r}")
         self.key, self.dtype = key, np.dtype(dtype)
@@ -101,6 +130,7 @@ class FeatureCache:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
+    @_advising
     def add(self, hashes: Sequence[str], features: np.ndarray) -> None:
         """Append features ``(N, *shape)`` for the given file hashes (appends, then publishes the index
         atomically)."""
@@ -126,6 +156,7 @@ class FeatureCache:
             atomic_write_text(self._crc_file, json.dumps(checksums))
             atomic_write_text(self._index_file, json.dumps(self.index))
 
+    @_advising
     def get(self, hashes: Sequence[str], out: np.ndarray | None = None,
             at: Sequence[int] | None = None) -> np.ndarray:
         """Features ``(N, *shape)`` for hashes that are all in the cache (a copy in memory).
@@ -153,6 +184,7 @@ class FeatureCache:
                                   f"delete {self.dir} and run again to rebuild it")
         return out
 
+    @_advising
     def verify(self, hashes: Sequence[str]) -> list[str]:
         """Check the rows of ``hashes`` (all in the cache) against their checksums; returns the hashes whose rows
         are damaged or cut short, after dropping them from the index so that they are encoded again. Rows without a

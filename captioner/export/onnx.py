@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from captioner.config import to_json
+from captioner.fileio import owned_prefix, remove_abandoned_dirs, save_error, write_failure
 
 logger = logging.getLogger(__name__)
 
@@ -221,8 +222,9 @@ def fix_same_padding(encoder: nn.Module, pixels: torch.Tensor) -> nn.Module:
 def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET) -> dict:
     """Write ``model``'s export directory (see the module docstring), replacing ``out`` if it exists.
 
-    The directory is written under a temporary name beside ``out`` and moved into place at the end, so a failed
-    export never leaves a half-written directory behind.
+    The directory is written under a temporary name beside ``out`` (``.OUT.export-PID-XXXX``) and moved into place at
+    the end, so a failed export never leaves a half-written directory behind; temporaries that killed exports left
+    in that parent directory are removed first (:func:`remove_stale_exports`).
 
     Args:
         model: a :class:`captioner.pipeline.Captioner` (its encoder is built if needed; the model is moved to the CPU,
@@ -235,28 +237,56 @@ def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET) -> dict:
 
     Raises:
         ExportError: the onnx package is missing.
+        SaveError: the disk is full or not writable (naming ``out`` and saying the previous export is intact).
     """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     model = model.to("cpu").eval()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    tmp = None
     try:
-        manifest = _write_graphs(model, tmp, opset)
-        to_json(model.config, tmp / "config.json")
-        model.vocab.save(tmp / "vocab.json")
-        if getattr(model, "tag_calibration", None) is not None:
-            (tmp / "tag_calibration.json").write_text(json.dumps(model.tag_calibration, indent=0), encoding="utf-8")
-        if getattr(model, "confidence_model", None) is not None:
-            model.confidence_model.save(tmp / "confidence.json")
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        tmp.chmod(0o755)  # mkdtemp makes it private; an export is meant to be shared
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_exports(out.parent)
+        tmp = Path(tempfile.mkdtemp(prefix=owned_prefix(out.name, _TMP_MARK), dir=out.parent))
+        manifest = _write_export(model, tmp, opset)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
+    except Exception as err:  # a full disk surfaces as OSError, or as a RuntimeError of the exporter or onnx
+        failure = write_failure(err, out.parent)
+        if failure is None:
+            raise
+        raise save_error(out, failure, then="export again") from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     logger.info("wrote %s (%s)", out, ", ".join(GRAPHS.values()))
     return manifest
+
+
+def _write_export(model, tmp: Path, opset: int) -> dict:
+    """Every file of the export into the directory ``tmp``; returns the manifest."""
+    manifest = _write_graphs(model, tmp, opset)
+    to_json(model.config, tmp / "config.json")
+    model.vocab.save(tmp / "vocab.json")
+    if getattr(model, "tag_calibration", None) is not None:
+        (tmp / "tag_calibration.json").write_text(json.dumps(model.tag_calibration, indent=0), encoding="utf-8")
+    if getattr(model, "confidence_model", None) is not None:
+        model.confidence_model.save(tmp / "confidence.json")
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.chmod(0o755)  # mkdtemp makes it private; an export is meant to be shared
+    return manifest
+
+
+_TMP_MARK = ".export-"  # .OUT.export-PID-XXXX (older versions: .OUT.export-XXXX)
+
+
+def remove_stale_exports(parent: Path) -> list[Path]:
+    """Remove the export temporaries that killed exports left in ``parent`` (see
+    :func:`captioner.fileio.remove_abandoned_dirs`); returns what was removed."""
+    removed = remove_abandoned_dirs(parent, _TMP_MARK)
+    if removed:
+        logger.warning("removed %d temporary director%s that killed exports left in %s", len(removed),
+                       "y" if len(removed) == 1 else "ies", parent)
+    return removed
 
 
 def _write_graphs(model, directory: Path, opset: int) -> dict:

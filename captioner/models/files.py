@@ -202,7 +202,7 @@ def check_weights_fit(path: Path, config: ModelConfig) -> None:
         problem = f"{len(missing)} tensor(s) config.json implies are missing, e.g. {missing[0]}"
     elif wrong:
         name = wrong[0]
-        problem = (f"{name} is {tensors[name][1]}, config.json's {expected[name][1]} make it {expected[name][0]}")
+        problem = f"{name} is {tensors[name][1]}, config.json makes it {expected[name][0]} from {expected[name][1]}"
     elif extra:
         problem = f"{len(extra)} tensor(s) config.json does not describe, e.g. {extra[0][:80]}"
     elif has_encoder != config.encoder_weights_in_file:

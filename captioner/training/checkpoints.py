@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from captioner.fileio import atomic_write
+from captioner.fileio import atomic_write, save_error
 
 
 def rng_state() -> dict:
@@ -52,12 +52,15 @@ def save_training_state(out: Path, state: dict, step: int, keep: int) -> Path:
     import torch
 
     path = Path(out) / "training_state.pt"
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))  # torch.save's RuntimeError on a full disk: SaveError
     kept = Path(out) / "checkpoints"
-    kept.mkdir(exist_ok=True)
     link = kept / f"step-{step:08d}.pt"
-    if keep > 0 and not link.exists():
-        os.link(path, link)
+    try:
+        kept.mkdir(exist_ok=True)
+        if keep > 0 and not link.exists():
+            os.link(path, link)
+    except OSError as err:  # the state itself is written: say so
+        raise save_error(link, err, then=f"run again with --resume ({path.name} of step {step} is complete)") from None
     for old in sorted(kept.glob("step-*.pt"))[:-keep or None]:
         old.unlink()
     return path

@@ -231,3 +231,205 @@ def test_disk_full_while_appending_to_the_feature_cache_keeps_its_index(tmp_path
     monkeypatch.undo()
     again = FeatureCache(tmp_path, "enc|w|pre", 4)
     assert set(again.index) == {"a"} and again.get(["a"]).tolist() == [[1, 1, 1, 1]]
+
+
+# --- issue 26, items 5 and 6: a real full disk, and runs or exports killed early ----------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 8 MB file system (a tmpfs, which needs root to mount), unmounted afterwards; skipped where it cannot be
+    mounted (the ENOSPC simulations below run everywhere)."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(disk: Path) -> Path:
+    """Write zeros to ``disk`` until it is full; returns the filler file (delete it to free the space)."""
+    filler = disk / "filler"
+    handle = open(filler, "wb", buffering=0)
+    try:
+        while True:
+            handle.write(b"\0" * 65536)
+    except OSError:
+        pass
+    finally:
+        try:
+            handle.close()
+        except OSError:
+            pass
+    return filler
+
+
+def _fill_at_save(monkeypatch, disk: Path, call: int) -> list:
+    """Fill ``disk`` just before the ``call``-th torch.save, which then meets the full disk for real."""
+    original, calls, fillers = torch.save, [0], []
+
+    def save(obj, target, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == call:
+            fillers.append(_fill(disk))
+        return original(obj, target, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    return fillers
+
+
+STATE_FULL = ("error: cannot write {run}: No space left on device (the previous training_state.pt is intact); free "
+              "some space or fix the permissions, then run again (training: with --resume)")
+
+
+def test_a_real_full_disk_while_saving_the_state_is_one_error_and_resume_continues(data, whole, small_disk,
+                                                                                   monkeypatch, capsys):
+    """torch.save raises RuntimeError ("unexpected pos ...") on a full disk, not OSError: it used to surface as
+    that internal message; now it is the documented line, and the run resumes once there is space again."""
+    whole_run, cache = whole
+    run = small_disk / "run"
+    fillers = _fill_at_save(monkeypatch, small_disk, 2)
+    assert main(_args(data, run, cache)) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == STATE_FULL.format(run=run / "training_state.pt")
+    assert _state(run)["progress"]["step"] == 4 and not list(run.glob(".*.tmp"))
+    monkeypatch.undo()
+    fillers[0].unlink()
+    assert main([*_args(data, run, cache), "--resume"]) == 0
+    _assert_same_run(run, whole_run)
+
+
+def test_torch_saves_runtime_error_on_a_full_disk_is_reported_as_no_space(data, tmp_path, monkeypatch, capsys):
+    """The same without a tmpfs: torch.save's own RuntimeError, and a disk that statvfs shows full."""
+    from captioner import fileio
+
+    original, calls = torch.save, [0]
+
+    def save(obj, target, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:
+            Path(target).write_bytes(b"PK\x03\x04 partial")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+        return original(obj, target, *args, **kwargs)
+
+    class Full:
+        f_bavail, f_frsize = 0, 4096
+
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(fileio.os, "statvfs", lambda folder: Full)
+    run = tmp_path / "run"
+    assert main(_args(data, run, tmp_path / "cache")) == 1
+    assert capsys.readouterr().err.strip() == STATE_FULL.format(run=run / "training_state.pt")
+    assert _state(run)["progress"]["step"] == 4 and not list(run.glob(".*.tmp"))
+
+
+EXPORT_FULL = ("error: cannot write {out}: No space left on device ({before}); free some space or fix the "
+               "permissions, then export again")
+
+
+@pytest.fixture
+def model_dir(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "model")
+    return tmp_path / "model"
+
+
+def test_export_on_a_real_full_disk_names_the_path_and_leaves_nothing(model_dir, small_disk, capsys):
+    out = small_disk / "exports" / "tiny"
+    assert main(["export", "--model", str(model_dir), "--out", str(out)]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == EXPORT_FULL.format(
+        out=out, before="no partial tiny was left")
+    assert list((small_disk / "exports").iterdir()) == []  # no temporary directory left
+
+
+def test_export_on_a_full_disk_keeps_the_previous_export(model_dir, tmp_path, monkeypatch, capsys):
+    from captioner.export import onnx as export_onnx_module
+
+    out = tmp_path / "exports" / "tiny"
+    out.mkdir(parents=True)
+    (out / "onnx_manifest.json").write_text("{}")  # an earlier export (its manifest is what --overwrite replaces)
+
+    def full(model, directory, opset):
+        (directory / "encoder.onnx").write_bytes(b"half a graph")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(export_onnx_module, "_write_graphs", full)
+    assert main(["export", "--model", str(model_dir), "--out", str(out), "--overwrite"]) == 1
+    assert capsys.readouterr().err.strip() == EXPORT_FULL.format(out=out, before="the previous tiny is intact")
+    assert [p.name for p in (tmp_path / "exports").iterdir()] == ["tiny"]
+    assert (out / "onnx_manifest.json").read_text() == "{}"
+
+
+def test_a_run_killed_before_its_first_state_is_resumed_from_the_beginning(data, whole, tmp_path, capsys):
+    """Killed after log.csv exists but before the first training_state.pt: a rerun used to say "pass --resume" and
+    --resume "run without --resume". Now the rerun says --resume starts it again, and --resume does, with a note."""
+    whole_run, cache = whole
+    cut = tmp_path / "cut"
+    kill_when_logged(_args(data, cut, cache), cut / "log.csv", 1)
+    assert (cut / "log.csv").exists() and not (cut / "training_state.pt").exists(), "killed too late for this test"
+    assert main(_args(data, cut, cache)) == 1
+    err = capsys.readouterr().err.strip()
+    assert "pass --resume to start it again from the beginning" in err and len(err.splitlines()) == 1, err
+    assert main([*_args(data, cut, cache), "--resume"]) == 0
+    err = capsys.readouterr().err.strip()
+    assert err == (f"note: {cut} holds no training_state.pt (its run was stopped before the first save): --resume "
+                   "starts it again from the beginning")
+    _assert_same_run(cut, whole_run)
+
+
+@pytest.mark.parametrize("files,plain,resume", [
+    ([], None, "holds no training_state.pt to continue from; run without --resume"),
+    (["model", "log.csv"], "choose another --out, or pass --overwrite to replace it",
+     "holds no training_state.pt to continue from; pass --overwrite to replace its run"),
+    (["model", "log.csv", "training_state.pt"], "pass --resume to continue it, or pass --overwrite", None),
+])
+def test_rerun_and_resume_advice_agree(data, tmp_path, capsys, files, plain, resume):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in files:
+        (run / name).mkdir() if name == "model" else (run / name).write_text("")
+    for extra, expected in (([], plain), (["--resume"], resume)):
+        if expected is None:
+            continue
+        assert main([*_args(data, run, tmp_path / "cache"), *extra]) == 1
+        err = capsys.readouterr().err.strip()
+        assert expected in err and len(err.splitlines()) == 1, err
+
+
+def test_a_killed_exports_temporary_is_removed_by_the_next_export(model_dir, tmp_path, monkeypatch):
+    """A killed export left ``.NAME.export-XXXX`` (17 MB for the default model) that no later run removed. Now the
+    name records the PID, and the next export into that directory removes those whose process is gone (and
+    old-style ones untouched for an hour), never a live export's."""
+    import subprocess
+    import sys
+    import time
+
+    from captioner.export import onnx as export_onnx_module
+    from captioner.pipeline import Captioner
+
+    parent = tmp_path / "exports"
+    parent.mkdir()
+    proc = start_cli(["export", "--model", str(model_dir), "--out", str(parent / "tiny")])
+    deadline = time.time() + 180
+    while time.time() < deadline and not any(p.is_dir() and any(p.iterdir()) for p in parent.glob(".tiny.export-*")):
+        assert proc.poll() is None, "the export ended before it could be killed"
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    (killed,) = parent.glob(".tiny.export-*")
+    assert killed.name.startswith(f".tiny.export-{proc.pid}-")
+    old_style, recent_old_style = parent / ".tiny.export-k2j4h5g6", parent / ".other.export-a1b2c3d4"
+    old_style.mkdir(), recent_old_style.mkdir()
+    os.utime(old_style, (time.time() - 7200,) * 2)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (parent / f".other.export-{live.pid}-x1y2z3").mkdir()
+        monkeypatch.setattr(export_onnx_module, "_write_graphs", lambda model, directory, opset: {"graphs": {}})
+        export_onnx_module.export_onnx(Captioner.from_pretrained(model_dir), parent / "second")
+    finally:
+        live.kill()
+        live.wait()
+    assert sorted(p.name for p in parent.iterdir()) == sorted(
+        [".other.export-a1b2c3d4", f".other.export-{live.pid}-x1y2z3", "second"])
