@@ -116,3 +116,49 @@ def test_score_allow_missing(shapes_dataset, tmp_path, capsys):
                  "--allow-missing", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["n_images"] == 1 and report["n_missing"] == 17
+
+
+def test_max_images_is_the_option_and_limit_a_hidden_alias(model_dir, shapes_dataset, tmp_path, capsys):
+    assert main(["evaluate", "--help"]) == 0
+    evaluate_help = capsys.readouterr().out
+    assert "--max-images" in evaluate_help and "--limit" not in evaluate_help
+    for flag in ("--max-images", "--limit"):  # old scripts keep working
+        out = tmp_path / f"{flag.strip('-')}.json"
+        assert main(["evaluate", "--model", str(model_dir), "--data", str(shapes_dataset), "--split", "val", flag,
+                     "5", "--out", str(out)]) == 0
+        assert json.loads(out.read_text())["n_images"] == 5
+    assert main(["evaluate", "--model", str(model_dir), "--data", str(shapes_dataset), "--max-images", "-1"]) == 2
+    from captioner.cli.main import build_parser
+
+    finetune = build_parser().parse_args(["finetune", "--data", "d", "--out", "o"])
+    assert finetune.eval_max_images == 0 and finetune.val_max_images == 0  # two different subsets, both kept
+    help_of = {a.dest: a.help for a in _subparser("finetune")._actions}
+    assert "not the per-epoch validation: that is --val-max-images" in help_of["eval_max_images"]
+
+
+def _subparser(command: str):
+    from captioner.cli.main import build_parser
+
+    action = next(a for a in build_parser()._actions if a.dest == "command")
+    return action.choices[command]
+
+
+def test_evaluate_and_score_default_to_the_same_split(model_dir, shapes_dataset, tmp_path, capsys):
+    """The dataset's only split, else val: for both commands (score used to default to test)."""
+    import shutil
+
+    from conftest import make_caption_folder
+
+    names = sorted(p.name for p in (shapes_dataset / "images").iterdir())[:6]
+    only = make_caption_folder(tmp_path / "only_test", {n: ["a shape"] for n in names}, {"test": names})
+    for name in names:
+        shutil.copy(shapes_dataset / "images" / name, only / "images" / name)
+    for data, split, count in ((shapes_dataset, "val", 18), (only, "test", 6)):
+        preds, report, scored = tmp_path / "p.json", tmp_path / "r.json", tmp_path / "s.json"
+        assert main(["evaluate", "--model", str(model_dir), "--data", str(data), "--predictions", str(preds),
+                     "--out", str(report)]) == 0
+        assert main(["score", "--predictions", str(preds), "--data", str(data), "--out", str(scored)]) == 0
+        made, judged = json.loads(report.read_text()), json.loads(scored.read_text())
+        assert made["split"] == judged["split"] == split and made["n_images"] == judged["n_images"] == count
+        assert judged["n_missing"] == 0 and judged["metrics"] == made["metrics"]
+    capsys.readouterr()

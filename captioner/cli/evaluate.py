@@ -18,6 +18,7 @@ from captioner.cli.common import (
     add_image_options,
     add_model_option,
     apply_image_options,
+    non_negative_int,
     positive_int,
 )
 
@@ -28,7 +29,8 @@ def add_parser(sub) -> None:
         description="Caption every image of a split (free-running decoding, the same search as 'caption') and "
         "score the captions against all references: BLEU-1..4, CIDEr-D and ROUGE-L exactly as coco-caption "
         "computes them (Java-free), plus nltk's corpus BLEU. A collapsed output (one caption for many images) "
-        "raises a loud warning. See docs/metrics.md.",
+        "raises a loud warning. Table and JSON use one scale: BLEU-n and ROUGE-L as fractions (0-1), CIDEr-D on "
+        "coco-caption's scale (0-10). See docs/metrics.md.",
     )
     add_model_option(parser)
     add_dataset_options(parser)
@@ -37,7 +39,11 @@ def add_parser(sub) -> None:
     add_decoding_options(parser)
     add_guided_options(parser)
     parser.add_argument("--batch-size", type=positive_int, default=128, help="images per batch (default: 128)")
-    parser.add_argument("--limit", type=int, default=0, help="evaluate the first N images only; 0 = all")
+    parser.add_argument("--max-images", type=non_negative_int, default=0, metavar="N",
+                        help="evaluate the first N images of the split only; 0 = all (default: 0); the same family "
+                        "as train's --val-max-images and finetune's --eval-max-images")
+    parser.add_argument("--limit", type=non_negative_int, dest="max_images", default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)  # old spelling
     parser.add_argument("--out", metavar="FILE", help="write the report as JSON here")
     parser.add_argument("--predictions", metavar="FILE",
                         help="write the captions here in the COCO results format (image_id, caption, file_name)")
@@ -57,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
     check_output_files(args.out, args.predictions)
     apply_image_options(args)
     dataset = load_split(args)
-    if args.limit > 0:
-        dataset = dataset.subset(args.limit)
+    if args.max_images:
+        dataset = dataset.subset(args.max_images)
     model = load_captioner(args)
     start = time.perf_counter()
     try:
@@ -106,25 +112,29 @@ def write_json(path: str | None, data) -> None:
         atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
+SCALE_NOTE = ("scores as in the JSON report: BLEU-n and ROUGE-L are fractions (0-1), CIDEr-D is on coco-caption's "
+              "scale (0-10)")
+SCALES = {"bleu1": "0-1", "bleu2": "0-1", "bleu3": "0-1", "bleu4": "0-1", "cider": "0-10", "rouge_l": "0-1"}
+_LABELS = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4", "cider": "CIDEr-D",
+           "rouge_l": "ROUGE-L"}
+
+
 def format_table(report: dict) -> str:
-    """The metrics as a text table: coco-caption metrics, then nltk BLEU, in percent (CIDEr-D ×100 too)."""
+    """The metrics as a text table on the JSON report's scale (see docs/metrics.md): coco-caption's metrics, then
+    nltk's BLEU, each row labelled with its range; four decimals."""
     decoding = report.get("decoding")
     how = "captions made elsewhere" if decoding is None else _decoding(decoding)
-    lines = [f"{report['data']} [{report['split']}]: {report['n_images']} images, {how}",
-             f"{'metric':<10}{'coco-caption':>14}{'nltk':>10}"]
+    lines = [f"{report['data']} [{report['split']}]: {report['n_images']} images, {how}", SCALE_NOTE,
+             f"{'metric':<10}{'scale':<7}{'coco-caption':>14}{'nltk':>10}"]
     for name, value in report["metrics"].items():
         nltk = report["nltk_bleu"].get(name)
-        extra = f"{100 * nltk:>10.2f}" if nltk is not None else ""
-        lines.append(f"{_LABELS.get(name, name):<10}{100 * value:>14.2f}{extra}")
+        extra = f"{nltk:>10.4f}" if nltk is not None else ""
+        lines.append(f"{_LABELS.get(name, name):<10}{SCALES.get(name, ''):<7}{value:>14.4f}{extra}")
     lines.append(f"unique captions {report['unique_captions']}/{report['n_images']}, identical-caption rate "
                  f"{report['identical_caption_rate']:.3f}, vocabulary used {report['vocab_used']}, mean length "
                  f"{report['mean_length']:.2f}")
     lines += [f"WARNING: {w}" for w in report["warnings"]]
     return "\n".join(lines)
-
-
-_LABELS = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4", "cider": "CIDEr-D",
-           "rouge_l": "ROUGE-L"}
 
 
 def _decoding(d: dict) -> str:

@@ -18,7 +18,8 @@ def add_parser(sub) -> None:
         description="Continue training a model directory (default: the embedded model) on new data. Optionally "
         "add the new data's frequent words to the vocabulary (existing ids and weights untouched), freeze parts, "
         "unfreeze the encoder's last blocks, stop early, resume after a crash, and report BLEU-4/CIDEr-D before "
-        "and after on the new data's validation split and on --also-eval (to see what was forgotten).",
+        "and after on the new data's validation split and on --also-eval (to see what was forgotten): BLEU-4 as a "
+        "fraction (0-1), CIDEr-D on coco-caption's scale (0-10), in the table and finetune_report.json alike.",
     )
     ft = FinetuneConfig()
     add_field(parser, ft, "base", "--from", metavar="DIR", help="model to start from: a model directory or 'default'")
@@ -31,8 +32,9 @@ def add_parser(sub) -> None:
     add_field(parser, ft, "also_eval_format", help="format of --also-eval (none: detected)")
     add_field(parser, ft, "eval_split", help="split of --data scored before and after (none: --val-split); use a "
               "split the run never sees for an honest figure")
-    add_field(parser, ft, "eval_max_images", type=non_negative_int,
-              help="score at most N images of each before/after set; 0 = all")
+    add_field(parser, ft, "eval_max_images", type=non_negative_int, metavar="N",
+              help="score at most N images of each before/after set (the report, not the per-epoch validation: "
+              "that is --val-max-images); 0 = all")
     parser.set_defaults(run=run)
 
 

@@ -14,7 +14,8 @@ def add_parser(sub) -> None:
         "score", help="score captions made elsewhere",
         description="Score a COCO results file ([{\"image_id\": ..., \"caption\": ...}], file_name accepted "
         "instead of image_id) against all references of a split: BLEU-1..4, CIDEr-D, ROUGE-L as coco-caption "
-        "computes them, plus nltk's corpus BLEU. Every image of the split needs exactly one caption unless "
+        "computes them, plus nltk's corpus BLEU (table and JSON on one scale: BLEU-n and ROUGE-L 0-1, CIDEr-D "
+        "coco-caption's 0-10). Every image of the split needs exactly one caption unless "
         "--allow-missing is given.",
     )
     parser.add_argument("--predictions", required=True, metavar="FILE", help="COCO results JSON file")

@@ -49,7 +49,7 @@ def add_parser(sub) -> None:
 
 def reference_mean(model, folder: Path):
     """Mean features ``(D,)`` or ``(L, C)`` of the readable photos in ``folder``."""
-    from captioner.cli.caption import collect_images
+    from captioner.library.inputs import collect_images
     from captioner.features import encode_files
 
     paths = [p for p, problem in collect_images([str(folder)]) if problem is None]

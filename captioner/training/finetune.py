@@ -142,12 +142,15 @@ def _measure(model: Captioner, sets: dict[str, CaptionSet], cfg: TrainConfig) ->
 
 
 def format_report(report: dict) -> str:
-    """Before/after table of BLEU-4 and CIDEr-D on each evaluated set."""
-    lines = [f"{'set':<16}{'images':>7}{'BLEU-4 before':>15}{'after':>8}{'CIDEr-D before':>16}{'after':>8}"]
+    """Before/after table of BLEU-4 and CIDEr-D (beam 3) on each evaluated set, on ``finetune_report.json``'s scale:
+    BLEU-4 as a fraction (0-1), CIDEr-D on coco-caption's scale (0-10); four decimals."""
+    lines = ["scores as in finetune_report.json (beam 3): BLEU-4 is a fraction (0-1), CIDEr-D is on coco-caption's "
+             "scale (0-10)",
+             f"{'set':<16}{'images':>7}{'BLEU-4 before':>15}{'after':>8}{'CIDEr-D before':>16}{'after':>8}"]
     for name, before in report["before"].items():
         after = report["after"][name]
-        lines.append(f"{name:<16}{before['n_images']:>7}{100 * before['bleu4']:>15.2f}{100 * after['bleu4']:>8.2f}"
-                     f"{100 * before['cider']:>16.2f}{100 * after['cider']:>8.2f}")
+        lines.append(f"{name:<16}{before['n_images']:>7}{before['bleu4']:>15.4f}{after['bleu4']:>8.4f}"
+                     f"{before['cider']:>16.4f}{after['cider']:>8.4f}")
     added = report["added_words"]
     lines.append(f"words added: {len(added)}" + (f" ({', '.join(added[:20])}{' ...' if len(added) > 20 else ''})"
                                                  if added else ""))
