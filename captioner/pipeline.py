@@ -18,16 +18,19 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
 from torch import nn
 
 from captioner.config import ModelConfig, to_json
+from captioner.devices import resolve_device
 from captioner.fileio import save_error
 from captioner.generation import GenerationConfig, Hypothesis, Tag, generate, tags_from_logits
 from captioner.generation.confidence import CONFIDENCE_FILE, ConfidenceModel, add_confidence
 from captioner.generation.config import with_model_defaults
+from captioner.image_inputs import as_rgb_image, is_batch
 from captioner.models import encoders
 from captioner.models.factory import build_decoder
 from captioner.models.files import (
@@ -45,6 +48,7 @@ from captioner.models.files import (
     validate_model_dir,
 )
 from captioner.models.transforms import make_transform
+from captioner.captions import Caption, generation_config
 from captioner.vocab import Vocabulary
 
 
@@ -66,9 +70,33 @@ class ImageCaptioning:
         pixels = torch.stack([self.transform(img) for img in images])  # (B, 3, H, W)
         return self.caption_features(self.encode(pixels), config)
 
-    def caption(self, images: Sequence[Image.Image], config: GenerationConfig | None = None) -> list[str]:
-        """Caption RGB PIL images (best hypothesis each)."""
-        return [self.vocab.decode(h[0].tokens) for h in self.caption_images(images, config)]
+    def caption(self, images: Any, config: GenerationConfig | None = None,
+                **settings: Any) -> Caption | list[Caption]:
+        """Caption one image or a list of images, whatever form they come in.
+
+        Args:
+            images: a path (``str`` or :class:`pathlib.Path`), the bytes of an image file, a PIL image of any mode, a
+                numpy array ``(H, W[, C])`` or a torch tensor ``([C,] H, W)``, or a list of these
+                (:mod:`captioner.image_inputs`); files are read by the command line's loader.
+            config: the search (:class:`GenerationConfig`); the default is the CLI's (beam 3, the model's own
+                guided-decoding and repetition settings).
+            **settings: :class:`GenerationConfig` fields that override ``config``'s (``beam_size=5, n_best=3,
+                return_attention=True``).
+
+        Returns:
+            One :class:`Caption` for one image; a list of them, in order, for a list.
+
+        Raises:
+            ValueError: an unknown or invalid setting, or an array that is not a picture.
+            TypeError: an input of a kind not listed above.
+            captioner.images.ImageLoadError: a file that cannot be read as an image (the message names it).
+        """
+        config = generation_config(config, settings)
+        batch = list(images) if is_batch(images) else [images]
+        side = self.config.preprocess.resize
+        pictures = [as_rgb_image(image, min_side=side) for image in batch]
+        results = [Caption.from_hypotheses(hyps, self.vocab) for hyps in self.caption_images(pictures, config)]
+        return results if is_batch(images) else results[0]
 
     def image_tags(self, features: torch.Tensor, config: GenerationConfig | None = None) -> list[list[Tag]]:
         """Each image's tags from the encoder's ImageNet head (``config``'s threshold and maximum count, the model's
@@ -241,8 +269,9 @@ class Captioner(ImageCaptioning, nn.Module):
         return out
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path | None = None, device: str | torch.device = "cpu") -> Captioner:
-        """Load a model directory (None or ``"default"``: the embedded default model).
+    def from_pretrained(cls, directory: str | Path | None = None, device: str | torch.device = "auto") -> Captioner:
+        """Load a model directory (None or ``"default"``: the embedded default model) onto ``device`` (``"auto"``, as
+        the command line: CUDA, else Apple's MPS, else the CPU).
 
         Raises:
             ModelLoadError: missing or damaged files, a pickle posing as weights, an unknown encoder, or weights that
@@ -267,4 +296,4 @@ class Captioner(ImageCaptioning, nn.Module):
         model.image_mean = load_image_mean(directory, config)
         model.tag_calibration = load_tag_calibration(directory)
         model.confidence_model = ConfidenceModel.from_dir(directory)
-        return model.to(device).eval()
+        return model.to(resolve_device(device) if isinstance(device, str) else device).eval()

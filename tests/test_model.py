@@ -102,7 +102,7 @@ def test_the_embedded_default_model_loads_and_captions_images():
     assert model.config.inject in ("every_step", "attention") and model.config.cell == "lstm"
     red = Image.new("RGB", (300, 200), (200, 30, 30))
     captions = model.caption([red, Image.new("RGB", (64, 64), (20, 120, 20))])
-    assert len(captions) == 2 and all(c.split() for c in captions)
+    assert len(captions) == 2 and all(c.text.split() for c in captions)
     card = (DEFAULT_MODEL_DIR / "README.md").read_text()
     assert re.search(r"Command: `captioner (-v )?train --data", card), "the card must record the training command"
     assert "BLEU-4" in card and "scripts/train_default.sh" in card

@@ -239,7 +239,7 @@ def test_the_default_model_is_exported_into_the_cache_once(tiny_exports, tmp_pat
     for _ in range(2):
         assert main(["caption", str(image), "--backend", "onnxruntime", "--beam-size", "1"]) == 0
     assert calls == [target]  # exported on first use only
-    want = model.caption([load_image(image)], GenerationConfig(method="greedy"))[0]
+    want = model.caption([load_image(image)], GenerationConfig(method="greedy"))[0].text
     assert capsys.readouterr().out.splitlines()[-1].endswith(want)
 
 

@@ -7,6 +7,8 @@ search; guided decoding cannot sample; a model's own defaults fill in what the c
 from __future__ import annotations
 
 import dataclasses
+import numbers
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -64,12 +66,15 @@ class GenerationConfig:
     max_tags: int | None = None
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if isinstance(self.tags, str):
             self.tags = (self.tags,)  # one tag, not its letters
         elif self.tags is not None:
+            if not isinstance(self.tags, Iterable) or isinstance(self.tags, (bytes, dict)):
+                raise ValueError(f"GenerationConfig.tags must be a word or a list of words, got {self.tags!r}")
             self.tags = tuple(self.tags)
+        check_types(self)
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.beam_size < 1 or self.max_length < 1 or self.n_best < 1:
             raise ValueError("beam_size, max_length and n_best must be at least 1")
         if self.method == "beam" and self.n_best > self.beam_size:
@@ -109,6 +114,30 @@ class Hypothesis:
     attention: torch.Tensor | None = None
     tags: list | None = None
     confidence: float | None = None
+
+
+_INTEGERS = ("beam_size", "max_length", "n_best", "top_k", "seed", "no_repeat_ngram", "max_tags")
+_NUMBERS = ("length_penalty", "temperature", "tag_threshold")
+_FLAGS = ("return_attention", "guided")
+_OPTIONAL = ("seed", "no_repeat_ngram", "max_tags", "tag_threshold", "guided")
+
+
+def check_types(config: GenerationConfig) -> None:
+    """Refuse a setting of the wrong type in one ``ValueError`` (``beam_size="3"``, ``guided="no"``, ``tags=5``);
+    None is accepted where the field allows it."""
+    kinds = {**dict.fromkeys(_INTEGERS, (numbers.Integral, "a whole number")),
+             **dict.fromkeys(_NUMBERS, (numbers.Real, "a number")),
+             **dict.fromkeys(_FLAGS, (bool, "True or False"))}
+    for name, (kind, words) in kinds.items():
+        value = getattr(config, name)
+        if value is None and name in _OPTIONAL:
+            continue
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise ValueError(f"GenerationConfig.{name} must be {words}, got {value!r}")
+    if not isinstance(config.method, str):
+        raise ValueError(f"GenerationConfig.method must be one of {METHODS}, got {config.method!r}")
+    if config.tags is not None and not all(isinstance(t, str) and t.strip() for t in config.tags):
+        raise ValueError(f"GenerationConfig.tags must be a word or a list of words, got {config.tags!r}")
 
 
 def with_model_defaults(config: GenerationConfig, decoder) -> GenerationConfig:
