@@ -22,6 +22,7 @@ from captioner.cli.common import (
     generation_config,
     load_captioner,
     positive_int,
+    probability,
 )
 
 
@@ -66,7 +67,7 @@ def _add_library_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--overwrite-descriptions", action="store_true", help="replace descriptions a person wrote "
                        "(default: never; such photos are reported as skipped)")
     group.add_argument("--keep-mtime", action="store_true", help="keep the photos' modification times")
-    group.add_argument("--min-confidence", type=_probability, metavar="P", help="mark captions whose confidence is "
+    group.add_argument("--min-confidence", type=probability, metavar="P", help="mark captions whose confidence is "
                        "below P as needs_review; they are not written into metadata unless --write-low-confidence")
     group.add_argument("--write-low-confidence", action="store_true",
                        help="write captions below --min-confidence into the metadata too")
@@ -74,15 +75,6 @@ def _add_library_options(parser: argparse.ArgumentParser) -> None:
                        "the K-th (1 <= K <= N), so N processes or machines split a library; under torchrun the "
                        "shard comes from RANK and WORLD_SIZE")
 
-
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text}")
-    return value
 
 
 def library_options(args: argparse.Namespace):

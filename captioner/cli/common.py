@@ -39,6 +39,17 @@ non_negative_float = bounded(float, 0.0)
 positive_float = bounded(float, 0.0, inclusive=False)
 
 
+def probability(text: str) -> float:
+    """An argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text!r}") from None
+    if not 0 <= value <= 1:  # also rejects NaN
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text}")
+    return value
+
+
 def _ngram_size(text: str) -> int:
     from captioner.config import check_no_repeat_ngram
 

@@ -8,7 +8,14 @@ import json
 import sys
 from pathlib import Path
 
-from captioner.cli.common import CliError, add_image_options, apply_image_options, non_negative_int, positive_int
+from captioner.cli.common import (
+    CliError,
+    add_image_options,
+    apply_image_options,
+    non_negative_int,
+    positive_int,
+    probability,
+)
 from captioner.cli.options import add_field
 
 
@@ -113,7 +120,7 @@ def _add_pseudo_label_parser(actions) -> None:
     pseudo.add_argument("out", metavar="OUT", help="new directory to write")
     pseudo.add_argument("--model", default="default", metavar="DIR", help="the teacher model (default: default)")
     p = PseudoLabelConfig()
-    add_field(pseudo, p, "min_tag_prob", type=_probability, metavar="P",
+    add_field(pseudo, p, "min_tag_prob", type=probability, metavar="P",
               help="keep a photo whose most probable tag reaches P")
     add_field(pseudo, p, "min_token_log_prob", type=float, metavar="L",
               help="keep a caption whose log-probability per token reaches L")
@@ -124,12 +131,6 @@ def _add_pseudo_label_parser(actions) -> None:
     pseudo.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's choice)")
     pseudo.set_defaults(run=run_pseudo_label)
 
-
-def _probability(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text}")
-    return value
 
 
 def run_pseudo_label(args: argparse.Namespace) -> int:

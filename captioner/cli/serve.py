@@ -13,10 +13,13 @@ from captioner.cli.common import (
     CliError,
     add_backend_option,
     add_device_option,
+    add_image_options,
     add_model_option,
+    apply_image_options,
     bounded,
     load_captioner,
     positive_int,
+    probability,
 )
 from captioner.cli.options import add_field, fields_of
 from captioner.serving.settings import ServeSettings, address_for, hosts_for, url_for
@@ -43,6 +46,7 @@ def add_parser(sub) -> None:
     parser.add_argument("--port", type=bounded(int, 1), default=8000, help="port (default: 8000)")
     _add_limit_options(parser)
     _add_exposure_options(parser)
+    add_image_options(parser, bad_image_choice=False)
     add_device_option(parser)
     add_backend_option(parser)
     parser.set_defaults(run=run)
@@ -69,7 +73,7 @@ def _add_limit_options(parser: argparse.ArgumentParser) -> None:
               help="open connections at most; one more closes the longest-idle one, or gets 503 when all are busy")
     add_field(parser, defaults, "shutdown_timeout", type=above_zero, metavar="S",
               help="seconds a graceful shutdown (SIGTERM, Ctrl+C) waits for requests in flight")
-    add_field(parser, defaults, "min_confidence", type=_probability, metavar="P",
+    add_field(parser, defaults, "min_confidence", type=probability, metavar="P",
               help="captions whose confidence is below P are marked needs_review (on the page and in the API)")
 
 
@@ -83,15 +87,6 @@ def _add_exposure_options(parser: argparse.ArgumentParser) -> None:
                         help="allow pages from ORIGIN (e.g. http://localhost:3000) to call the API (CORS; "
                         "repeatable). By default there is no CORS and cross-origin POSTs get 403")
 
-
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text!r}") from None
-    if not 0 <= value <= 1:  # also rejects NaN
-        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text}")
-    return value
 
 
 def _origin(text: str) -> str:
@@ -166,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
     from captioner.models.files import resolve_model_dir
 
     check_port(args.host, args.port)
+    apply_image_options(args)
     settings = settings_from(args)
     if not _is_loopback(args.host):
         logger.warning("listening on %s: anyone who can reach this machine can use the page (no authentication); "
