@@ -174,6 +174,11 @@ class _Group:
         """Choose every state's K best extensions; returns each new row's parent within its image's block and its
         token, both ``(B, S*K)``."""
         k, vocab_size = self.k, logp.shape[2]
+        if len(self.states) == 1:  # no constraints: plain beam search's step
+            values = (self.scores.view(-1, k, 1) + logp).view(len(self.images), -1)  # (B, K*V)
+            top, index = values.topk(k, dim=1)
+            self.scores = top.unsqueeze(1)  # (B, 1, K)
+            return index // vocab_size, index % vocab_size
         best, parents, tokens = [], [], []
         for target in range(len(self.states)):
             values, free, forced_parent, forced_token = self.candidates(target, logp, forced, done, last)
