@@ -62,9 +62,10 @@ def main_objects(dataset: CaptionSet) -> dict[str, str]:
 
 
 def measure(model, dataset: CaptionSet, config: GenerationConfig, objects: dict[str, str],
-            use_cache: bool = False) -> dict:
+            use_cache: bool = False, cache_dir: str | None = None) -> dict:
     start = time.perf_counter()
-    predictions, failures = predict(model, dataset, config, batch_size=32, progress=False, use_cache=use_cache)
+    predictions, failures = predict(model, dataset, config, cache_dir=cache_dir, batch_size=32, progress=False,
+                                    use_cache=use_cache)
     seconds = time.perf_counter() - start
     report = build_report(predictions, dataset)
     named = [tag_named(objects[p.image], tokenize(p.caption)) for p in predictions if p.image in objects]
