@@ -145,7 +145,7 @@ def require_onnx():
     try:
         import onnx
     except ImportError:
-        raise ExportError("exporting to ONNX needs the onnx package: pip install 'captioner[onnx]'") from None
+        raise ExportError("exporting to ONNX needs the onnx package (a dependency of captioner): pip install onnx") from None
     return onnx
 
 

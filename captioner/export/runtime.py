@@ -118,7 +118,7 @@ def make_session(path: Path, threads: int | None = None):
     try:
         import onnxruntime as ort
     except ImportError:
-        raise ExportLoadError("the onnxruntime backend needs onnxruntime: pip install 'captioner[onnx]'") from None
+        raise ExportLoadError("the onnxruntime backend needs onnxruntime (a dependency of captioner): pip install onnxruntime") from None
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1  # the graphs are chains: no parallel branches worth a thread pool

@@ -35,7 +35,7 @@ class PseudoLabelConfig:
         batch_size: photos per search.
     """
 
-    min_tag_prob: float = 0.15
+    min_tag_prob: float = 0.3  # the recipe of the embedded default (docs/ablation.md, self-training)
     min_token_log_prob: float = -2.2
     captions_per_image: int = 1
     beam_size: int = 3
