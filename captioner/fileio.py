@@ -152,6 +152,13 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         write(tmp)
 
 
+def cache_root() -> Path:
+    """captioner's cache directory: ``$CAPTIONER_CACHE`` or ``$XDG_CACHE_HOME/captioner`` (``~/.cache/captioner``);
+    the feature cache and the ONNX exports live under it."""
+    root = os.environ.get("CAPTIONER_CACHE")
+    return Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "captioner"
+
+
 def files_sha256(paths: Iterable[Path]) -> str:
     """One SHA-256 over several files (names and bytes), e.g. a dataset's caption and split files."""
     digest = hashlib.sha256()

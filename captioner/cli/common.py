@@ -151,11 +151,11 @@ def load_captioner(args: argparse.Namespace):
     stderr why it uses PyTorch when ``auto`` could not use ONNX Runtime."""
     import sys
 
-    from captioner.export.onnx import ExportError
-    from captioner.export.runtime import ExportLoadError, choose_backend, load_onnx
+    from captioner.export.layout import MANIFEST, ExportError, ExportLoadError
+    from captioner.export.sessions import choose_backend, open_export
     from captioner.models.files import ModelLoadError
 
-    is_export = Path(args.model, "onnx_manifest.json").is_file()
+    is_export = Path(args.model, MANIFEST).is_file()
     try:
         backend, reason = choose_backend(args.backend, args.device)
     except ValueError as err:
@@ -168,7 +168,10 @@ def load_captioner(args: argparse.Namespace):
             print(f"note: using PyTorch: {reason}", file=sys.stderr)
         return load_model(args.model, args.device)
     try:
-        return load_onnx(args.model)
+        opening = open_export(args.model)  # the graphs load on a thread while torch is imported just below
+        from captioner.export.runtime import load_onnx
+
+        return load_onnx(args.model, opening=opening)
     except ExportError as err:
         raise CliError(str(err)) from None
     except ExportLoadError as err:

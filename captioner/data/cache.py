@@ -34,15 +34,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from captioner.fileio import SaveError, atomic_write_text, file_sha256, save_error
+from captioner.fileio import SaveError, atomic_write_text, cache_root, file_sha256, save_error
 
 logger = logging.getLogger(__name__)
-
-
-def cache_root() -> Path:
-    """captioner's cache directory: ``$CAPTIONER_CACHE`` or ``$XDG_CACHE_HOME/captioner`` (``~/.cache/captioner``)."""
-    root = os.environ.get("CAPTIONER_CACHE")
-    return Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "captioner"
 
 
 def default_cache_dir() -> Path:

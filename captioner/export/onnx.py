@@ -43,16 +43,19 @@ import torch
 from torch import nn
 
 from captioner.config import to_json
+from captioner.export.layout import (  # noqa: F401  (EXPORT_FILES, FORMAT_VERSION, ExportError: also here)
+    CLASSIFIER,
+    EXPORT_FILES,
+    FORMAT_VERSION,
+    GRAPHS,
+    MANIFEST,
+    ExportError,
+)
 from captioner.fileio import owned_prefix, remove_abandoned_dirs, save_error, write_failure
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "onnx_manifest.json"
-FORMAT_VERSION = 2  # 2: classifier graph and rows for the tag words
 DEFAULT_OPSET = 17
-GRAPHS = {"encoder": "encoder.onnx", "decoder_init": "decoder_init.onnx", "decoder_step": "decoder_step.onnx"}
-CLASSIFIER = "classifier.onnx"  # optional: encoders without an ImageNet head have none
-EXPORT_FILES = (*GRAPHS.values(), "config.json", "vocab.json", MANIFEST)
 
 
 def flatten(tree: Any) -> tuple[list[torch.Tensor], Any]:
@@ -134,10 +137,6 @@ def _count(spec: Any) -> int:
     if spec is None or spec == "tensor":
         return int(spec is not None)
     return sum(_count(child) for child in spec[1])
-
-
-class ExportError(RuntimeError):
-    """An export that cannot be written; the message says what to do."""
 
 
 def require_onnx():

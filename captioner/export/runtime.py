@@ -5,16 +5,16 @@
 with it exactly as with a PyTorch decoder: greedy, beam, sampling and guided decoding are the same code. Its context
 and state are flat tuples of CPU tensors (context rows on dimension 0, state rows on dimension 1), which the search
 repeats and reorders like any other. :class:`OnnxCaptioner` adds the encoder and classifier graphs and the
-preprocessing recorded in the config. :func:`choose_backend` and :func:`load_onnx` are what the commands use: ONNX
-Runtime on the CPU by default, each model directory exported once into the cache.
+preprocessing recorded in the config. :func:`load_onnx` is what the commands use (with
+:func:`captioner.export.sessions.choose_backend`): ONNX Runtime on the CPU by default, each model directory exported
+once into the cache, its sessions made while torch is imported (:func:`captioner.export.sessions.open_export`).
 
-onnxruntime is imported only here, when this backend is used.
+onnxruntime is imported only in :mod:`captioner.export`, when this backend is used.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from pathlib import Path
 
@@ -22,7 +22,21 @@ import numpy as np
 import torch
 
 from captioner.config import ModelConfig, from_json
-from captioner.export.onnx import EXPORT_FILES, FORMAT_VERSION, MANIFEST
+from captioner.export.layout import (  # noqa: F401  (ExportLoadError, check_export_dir, default_export_dir: also here)
+    ExportLoadError,
+    check_export_dir,
+    default_export_dir,
+    export_location,
+    is_default,
+)
+from captioner.export.sessions import (  # noqa: F401  (BACKENDS, choose_backend: also here)
+    BACKENDS,
+    OpeningExport,
+    choose_backend,
+    graph_files,
+    make_session,
+    open_export,
+)
 from captioner.generation.confidence import ConfidenceModel
 from captioner.models.base import DecoderStep
 from captioner.models.files import load_tag_calibration
@@ -33,46 +47,20 @@ from captioner.vocab import Vocabulary
 logger = logging.getLogger(__name__)
 
 
-class ExportLoadError(RuntimeError):
-    """A directory that is not a usable ONNX export; the message says what to do."""
-
-
-def export_cache_dir(model_dir: Path, name: str) -> Path:
-    """Where a model directory's ONNX export is kept: ``onnx/NAME-VERSION-fFORMAT-HASH`` in
-    :func:`captioner.data.cache.cache_root`, keyed by captioner's version, the export format and the SHA-256 of the
-    model's files, so an upgrade or other weights get a fresh export."""
-    from captioner.data.cache import cache_root
-    from captioner.fileio import files_sha256
-    from captioner.version import __version__
-
-    names = ("model.safetensors", "config.json", "vocab.json", "tag_calibration.json", "confidence.json")
-    files = [model_dir / f for f in names]
-    digest = files_sha256([f for f in files if f.is_file()])[:16]
-    return cache_root() / "onnx" / f"{name}-{__version__}-f{FORMAT_VERSION}-{digest}"
-
-
-def default_export_dir() -> Path:
-    """Where the embedded default model's ONNX export is kept (see :func:`export_cache_dir`)."""
-    from captioner.models.files import DEFAULT_MODEL_DIR
-
-    return export_cache_dir(DEFAULT_MODEL_DIR, "default")
-
-
 def cached_export(model_dir: str | Path | None = None) -> Path:
     """The ONNX export of a model directory (None or ``default``: the embedded default), written into the cache on
     first use with a one-line notice (a few seconds; later runs load it)."""
     from captioner.models.files import resolve_model_dir
 
-    source = resolve_model_dir(model_dir)
-    is_default = model_dir is None or str(model_dir) == "default"
-    directory = default_export_dir() if is_default else export_cache_dir(source, _safe_name(source))
-    if (directory / MANIFEST).is_file():
+    directory, exported = export_location(model_dir)
+    if exported:
         return directory
     from captioner.export.onnx import export_onnx, require_onnx
     from captioner.pipeline import Captioner
 
     require_onnx()
-    what = "the default model" if is_default else str(source)
+    source = resolve_model_dir(model_dir)
+    what = "the default model" if is_default(model_dir) else str(source)
     logger.warning("exporting %s for ONNX Runtime, once, to %s", what, directory)
     export_onnx(Captioner.from_pretrained(source, device="cpu"), directory)
     return directory
@@ -81,57 +69,6 @@ def cached_export(model_dir: str | Path | None = None) -> Path:
 def default_export() -> Path:
     """The default model's export directory, written on first use."""
     return cached_export("default")
-
-
-def _safe_name(directory: Path) -> str:
-    """A short file-name-safe label for a model directory (its name, or its run's name for ``RUN/model``)."""
-    name = directory.parent.name if directory.name == "model" else directory.name
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:40] or "model"
-
-
-def check_export_dir(directory: Path) -> dict:
-    """Read and check an export directory's manifest.
-
-    Raises:
-        ExportLoadError: the directory is missing, a PyTorch model directory, incomplete or of a newer format.
-    """
-    if not directory.is_dir():
-        raise ExportLoadError(f"{directory} is not a directory; pass a directory written by `captioner export`")
-    if not (directory / MANIFEST).is_file():
-        hint = "a PyTorch model directory" if (directory / "model.safetensors").is_file() else "not an ONNX export"
-        raise ExportLoadError(f"{directory} is {hint} (no {MANIFEST}); run `captioner export --model {directory} "
-                              f"--out EXPORT_DIR` first and pass --model EXPORT_DIR")
-    missing = [name for name in EXPORT_FILES if not (directory / name).is_file()]
-    if missing:
-        raise ExportLoadError(f"{directory} is an incomplete ONNX export (missing {', '.join(missing)}); export the "
-                              "model again with `captioner export`")
-    manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise ExportLoadError(f"{directory} was exported by a newer captioner (format {manifest['format_version']}, "
-                              f"this one reads {FORMAT_VERSION}); upgrade captioner or export again")
-    return manifest
-
-
-def make_session(path: Path, threads: int | None = None):
-    """An ONNX Runtime CPU session with all graph optimisations and ``threads`` intra-op threads (None: as many as
-    torch uses)."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise ExportLoadError("the onnxruntime backend needs onnxruntime (a dependency of captioner): pip install onnxruntime") from None
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or torch.get_num_threads()
-    options.inter_op_num_threads = 1  # the graphs are chains: no parallel branches worth a thread pool
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Idle threads sleep instead of spinning: the decoder's step graph is many small runs, between which spinning
-    # threads burn a core; with other processes on the CPU, that made greedy search 1.7x slower here.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as err:  # onnxruntime's own exception types (bad protobuf, unknown op, ...)
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ExportLoadError(f"ONNX Runtime cannot load {path} ({reason}); export the model again with "
-                              "`captioner export`") from None
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
@@ -195,26 +132,46 @@ class OnnxCaptioner(ImageCaptioning):
 
     Args:
         directory: the export directory.
-        threads: intra-op threads per session (None: ``torch.get_num_threads()``).
+        threads: intra-op threads per session (None: :func:`captioner.export.sessions.default_threads`, torch's).
+        sessions: sessions already made of some of its graphs, by name (:class:`captioner.export.sessions.
+            OpeningExport` makes them while torch is imported); the others are made here, the classifier's on first
+            use (only guided decoding and confidence need it).
     """
 
-    def __init__(self, directory: str | Path, threads: int | None = None) -> None:
+    def __init__(self, directory: str | Path, threads: int | None = None, sessions: dict | None = None) -> None:
         directory = Path(directory)
         manifest = check_export_dir(directory)
-        graphs = manifest["graphs"]
-        self.directory, self.manifest = directory, manifest
+        self.directory, self.manifest, self.threads = directory, manifest, threads
+        self._graphs = graph_files(manifest)
+        self._sessions = dict(sessions or {})
         self.config = from_json(ModelConfig, directory / "config.json")
         self.vocab = Vocabulary.load(directory / "vocab.json")
-        self.encoder = make_session(directory / graphs["encoder"], threads)
-        self.decoder = OrtDecoder(self.config, make_session(directory / graphs["decoder_init"], threads),
-                                  make_session(directory / graphs["decoder_step"], threads), manifest)
+        self.session("encoder")  # a damaged graph is found now, not at the first image
+        self.decoder = OrtDecoder(self.config, self.session("decoder_init"), self.session("decoder_step"), manifest)
         for word in self.decoder.extra_words:  # the ids the export gave the tag words the vocabulary lacks
             self.vocab.add_extra(word)
-        self.classifier = (make_session(directory / graphs["classifier"], threads)
-                           if graphs.get("classifier") else None)
         self.tag_calibration = load_tag_calibration(directory)
         self.confidence_model = ConfidenceModel.from_dir(directory)
         self.transform = make_transform(self.config.preprocess)
+
+    def session(self, name: str):
+        """The ONNX Runtime session of the graph ``name`` (``encoder``, ``decoder_init``, ``decoder_step``,
+        ``classifier``), created on first use; None when the export has no such graph."""
+        if name not in self._sessions:
+            file = self._graphs.get(name)
+            self._sessions[name] = make_session(self.directory / file, self.threads) if file else None
+        return self._sessions[name]
+
+    @property
+    def encoder(self):
+        """The encoder graph's session (created on first use)."""
+        return self.session("encoder")
+
+    @property
+    def classifier(self):
+        """The classifier graph's session (created on first use: only guided decoding and confidence need it), or
+        None when the encoder has no ImageNet head."""
+        return self.session("classifier")
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """Preprocessed images ``(B, 3, H, W)`` → features ``(B, D)`` or ``(B, L, C)`` (float32)."""
@@ -276,42 +233,19 @@ def compare_backends(model, onnx_model: OnnxCaptioner, pixels: torch.Tensor, ste
     return {"features": feature_diff, "logits": logit_diff}
 
 
-BACKENDS = ("auto", "onnxruntime", "torch")
-
-
-def choose_backend(backend: str, device: str) -> tuple[str, str | None]:
-    """The backend to caption with, and why PyTorch when ``auto`` could not use ONNX Runtime (None otherwise).
-
-    ``auto`` (the default) is ONNX Runtime on the CPU, PyTorch on a GPU (``--device cuda|mps``, or ``auto`` on a
-    machine that has one) or where onnxruntime is missing.
-
-    Raises:
-        ValueError: ``onnxruntime`` asked for with a GPU device.
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "torch":
-        return "torch", None
-    if device in ("cuda", "mps"):
-        if backend == "onnxruntime":
-            raise ValueError(f"--backend onnxruntime runs on the CPU; drop --device {device} or use --backend torch")
-        return "torch", f"--device {device} runs PyTorch (ONNX Runtime runs on the CPU here)"
-    if device == "auto" and torch.cuda.is_available():
-        if backend == "auto":
-            return "torch", "a CUDA GPU is available, where PyTorch is the faster backend"
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        if backend == "onnxruntime":
-            raise ValueError("--backend onnxruntime needs onnxruntime: pip install onnxruntime") from None
-        return "torch", "onnxruntime is not installed (pip install onnxruntime for the faster CPU backend)"
-    return "onnxruntime", None
-
-
-def load_onnx(model: str | Path | None = None, threads: int | None = None) -> OnnxCaptioner:
+def load_onnx(model: str | Path | None = None, threads: int | None = None,
+              opening: OpeningExport | None = None) -> OnnxCaptioner:
     """The ONNX Runtime captioner of an export directory, or of a model directory (exported into the cache on first
-    use; None or ``default``: the embedded default model)."""
-    path = Path(model) if model is not None and str(model) != "default" else None
-    if path is not None and (path / MANIFEST).is_file():
-        return OnnxCaptioner(path, threads)
-    return OnnxCaptioner(cached_export(model), threads)
+    use; None or ``default``: the embedded default model).
+
+    Args:
+        model: the export or model directory.
+        threads: intra-op threads per session (None: torch's).
+        opening: :func:`captioner.export.sessions.open_export` of the same ``model``, started before torch was
+            imported (the sessions are then already loading); None opens it here.
+    """
+    opening = opening or open_export(model, threads)
+    directory, manifest, sessions = opening.result()
+    if manifest is None:  # not exported yet
+        return OnnxCaptioner(cached_export(model), threads)
+    return OnnxCaptioner(directory, threads, sessions=sessions)

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import datetime
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from tqdm.auto import tqdm
 
 from captioner.generation import GenerationConfig
 from captioner.images import ImageLoadError, load_image
@@ -101,7 +100,7 @@ def caption_library(model, paths: list[str], config: GenerationConfig, options: 
     writer = ResultsWriter(options.out, options.fmt, options.resume) if options.out is not None else None
     try:
         todo = _not_done(photos, writer, summary)
-        with tqdm(total=len(todo), desc="captioning", unit="photo", disable=None, leave=False) as bar:
+        with _progress(len(todo), options.batch_size) as bar:
             for start in range(0, len(todo), options.batch_size):
                 batch = todo[start : start + options.batch_size]
                 rows = _caption_batch(model, batch, config, options, summary)
@@ -114,6 +113,29 @@ def caption_library(model, paths: list[str], config: GenerationConfig, options: 
         if writer is not None:
             writer.close()
     return summary
+
+
+class _NoProgress:
+    """A progress bar that shows nothing."""
+
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def update(self, count: int) -> None:
+        return None
+
+
+def _progress(total: int, batch_size: int):
+    """A tqdm progress bar over ``total`` photos on a terminal, for more than one batch; otherwise one that shows
+    nothing, without importing tqdm (a tenth of a cold single-photo run)."""
+    if total <= batch_size or not sys.stderr.isatty():
+        return _NoProgress()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="captioning", unit="photo", leave=False)
 
 
 def _not_done(photos: list[Path], writer: ResultsWriter | None, summary: Summary) -> list[Path]:

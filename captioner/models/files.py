@@ -15,11 +15,13 @@ import math
 import os
 import shutil
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from captioner.config import ModelConfig, from_json
 from captioner.vocab import Vocabulary
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 

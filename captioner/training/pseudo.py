@@ -15,10 +15,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from tqdm.auto import tqdm
-
-from captioner.features import image_features
 from captioner.fileio import atomic_write_text
 from captioner.generation import GenerationConfig
 
@@ -46,6 +42,11 @@ def pseudo_label(model, paths: list[Path], cfg: PseudoLabelConfig, cache_dir: st
                  progress: bool = True) -> list[dict]:
     """Every photo's record: ``{"image", "tags", "captions": [[text, log_prob, tokens], ...], "kept": [...],
     "reason"}`` (``reason`` says why nothing was kept; None for kept photos)."""
+    import torch  # here, not above: `captioner data`'s parser reads PseudoLabelConfig, and --help imports no torch
+    from tqdm.auto import tqdm
+
+    from captioner.features import image_features
+
     features, failed = image_features(model, paths, cache_dir=cache_dir, progress=progress, lazy=True)
     search = GenerationConfig(beam_size=cfg.beam_size, n_best=min(cfg.captions_per_image, cfg.beam_size),
                               guided=True)

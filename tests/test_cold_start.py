@@ -1,0 +1,99 @@
+"""A cold ``captioner caption ONE.jpg`` does only what one image needs (issue 27): the default path, run in a fresh
+process with a tiny export standing in for the default model's, imports neither timm nor torchvision nor anything
+else it does not use, and building the command line's parser imports no torch at all."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from conftest import WORDS, tiny_config
+
+from captioner.export.layout import default_export_dir
+from captioner.export.onnx import export_onnx
+from captioner.models.encoders import ImageEncoder
+from captioner.pipeline import Captioner
+from captioner.vocab import Vocabulary
+
+NOT_ON_THE_CAPTION_PATH = [
+    "timm", "torchvision",  # the PyTorch encoders: the export replaces them
+    "onnx", "captioner.export.onnx",  # the exporter: the export is made once
+    "safetensors", "captioner.features", "captioner.data.cache", "captioner.training.loop",  # PyTorch weights, training
+    "nltk", "sympy", "tqdm.auto",  # metrics; torch.fx's symbolic maths (timm); the progress bar of one photo
+]
+NOT_IN_THE_PARSER = ["torch", "numpy", "onnxruntime", "PIL", "tqdm"]
+
+
+def _run_python(code: str, env: dict | None = None) -> dict:
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_building_the_parser_imports_no_torch():
+    code = ("import json, sys; from captioner.cli.main import build_parser; build_parser(); "
+            f"print(json.dumps([m for m in {NOT_IN_THE_PARSER!r} if m in sys.modules]))")
+    assert _run_python(code) == []
+
+
+def _tiny_default_export(cache) -> None:
+    """A tiny attention model's export, where the embedded default's export is kept in the cache ``cache``."""
+    torch.manual_seed(0)
+    vocab = Vocabulary(WORDS)
+    config = tiny_config(len(vocab), encoder_dim=12, inject="attention", feature_locations=49, attention_dim=10)
+    encoder = ImageEncoder(nn.Sequential(nn.Conv2d(3, 12, 32, stride=32), nn.ReLU()), out_dim=12, spatial=True)
+    export_onnx(Captioner(config, vocab, encoder=encoder.eval()).eval(), default_export_dir())
+    assert default_export_dir().parent == cache / "onnx"
+
+
+def test_the_default_caption_path_imports_only_what_one_image_needs(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("CAPTIONER_CACHE", str(cache))
+    _tiny_default_export(cache)
+    image = tmp_path / "one.jpg"
+    Image.new("RGB", (64, 48), (30, 120, 200)).save(image)
+    code = (
+        "import io, json, sys, contextlib\n"
+        "from captioner.cli.main import main\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out):\n"
+        f"    rc = main(['caption', {str(image)!r}])\n"
+        f"print(json.dumps({{'rc': rc, 'out': out.getvalue(), 'torch': 'torch' in sys.modules, "
+        f"'imported': [m for m in {NOT_ON_THE_CAPTION_PATH!r} if m in sys.modules]}}))\n"
+    )
+    result = _run_python(code, env={**_env(), "CAPTIONER_CACHE": str(cache)})
+    assert result["rc"] == 0 and result["out"].startswith(f"{image}\t")  # captioned, no export needed
+    assert result["imported"] == []
+    assert result["torch"]  # the caption search still runs on torch tensors (docs/performance.md, cold start)
+
+
+def test_the_export_opens_on_a_thread_while_torch_is_imported(tmp_path, monkeypatch):
+    """open_export finds, checks and loads the export without importing torch (so it overlaps torch's import)."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("CAPTIONER_CACHE", str(cache))
+    _tiny_default_export(cache)
+    code = ("import json, sys\n"
+            "from captioner.export.sessions import choose_backend, open_export\n"
+            "backend, _ = choose_backend('auto', 'auto')\n"
+            "directory, manifest, sessions = open_export(None).result()\n"
+            "print(json.dumps({'backend': backend, 'graphs': sorted(sessions), 'exported': manifest is not None, "
+            "'torch': 'torch' in sys.modules}))\n")
+    result = _run_python(code, env={**_env(), "CAPTIONER_CACHE": str(cache)})
+    if not torch.cuda.is_available():
+        assert result["backend"] == "onnxruntime"
+    assert result["exported"] and result["graphs"] == ["decoder_init", "decoder_step", "encoder"]
+    assert not result["torch"] or torch.cuda.is_available()  # a GPU machine asks torch whether CUDA works
+
+
+def _env() -> dict:
+    import os
+
+    return {k: v for k, v in os.environ.items() if k != "CAPTIONER_DEBUG"}
