@@ -13,7 +13,8 @@ def add_parser(sub) -> None:
     parser = sub.add_parser(
         "plot", help="draw a training run's loss, validation scores and gradient norm as PNG files",
         description="Read RUN_DIR/log.csv (written by `captioner train`) and write loss.png (training loss per "
-        "logged step and validation loss per epoch), validation.png (greedy BLEU-4 and CIDEr-D per epoch) and "
+        "logged step as a line, the epoch's mean training loss and the validation loss as markers per epoch), "
+        "validation.png (greedy BLEU-4 and CIDEr-D per epoch) and "
         "grad_norm.png (the gradient norm before clipping, with the clipping threshold). Works while the run is "
         "still training. Needs matplotlib (pip install 'captioner[viz]').",
     )

@@ -1,7 +1,9 @@
 """Training curves from a run's ``log.csv``: loss, validation BLEU-4 / CIDEr-D and gradient norm, as PNG files.
 
 ``log.csv`` has one row per step (``step, epoch, loss, grad_norm, lr``; ``reward`` in self-critical epochs) and one
-row per epoch end (``val_loss, val_bleu4, val_cider, elapsed_s``), both numbered by the optimizer step.
+row per epoch end (``loss`` there is the epoch's mean training loss, with ``val_loss, val_bleu4, val_cider,
+elapsed_s``), both numbered by the optimizer step. The epoch rows' training columns are read as ``epoch_loss`` and
+``epoch_lr``, so the step series (``loss``, ``lr``) hold the logged steps only.
 """
 
 from __future__ import annotations
@@ -30,8 +32,18 @@ def require_matplotlib():
     return plt
 
 
+EPOCH_COLUMNS = ("val_loss", "val_bleu4", "val_cider", "elapsed_s")  # written on epoch-end rows only
+
+
+def is_epoch_row(row: dict) -> bool:
+    """Whether a ``log.csv`` row is an epoch's summary (it has a validation score or the epoch's duration) rather
+    than a logged step."""
+    return any(row.get(key) not in (None, "") for key in EPOCH_COLUMNS)
+
+
 def read_log(run_dir: Path) -> dict[str, list[tuple[float, float]]]:
-    """Each logged column of ``run_dir/log.csv`` as ``(step, value)`` pairs, empty cells left out.
+    """Each logged column of ``run_dir/log.csv`` as ``(step, value)`` pairs, empty cells left out; the epoch rows'
+    ``loss`` and ``lr`` (the epoch's mean loss, the rate at its end) as ``epoch_loss`` and ``epoch_lr``.
 
     Raises:
         PlotError: the log is missing, unreadable, or lacks the ``step`` column.
@@ -51,10 +63,12 @@ def read_log(run_dir: Path) -> dict[str, list[tuple[float, float]]]:
         step = _number(row.get("step"))
         if step is None:
             raise PlotError(f"{path} line {number}: step {row.get('step')!r} is not a number")
+        prefix = "epoch_" if is_epoch_row(row) else ""
         for key, text in row.items():
             value = _number(text)
             if key not in ("step", "epoch") and value is not None:
-                series.setdefault(key, []).append((step, value))
+                name = prefix + key if key in ("loss", "lr") else key
+                series.setdefault(name, []).append((step, value))
     return series
 
 
@@ -83,7 +97,7 @@ def plot_run(run_dir: Path, out: Path) -> list[Path]:
         validation split).
     """
     series = read_log(run_dir)
-    if not series.get("loss"):
+    if not series.get("loss") and not series.get("epoch_loss"):
         raise PlotError(f"{Path(run_dir) / 'log.csv'} has no training steps logged yet")
     plt = require_matplotlib()
     out.mkdir(parents=True, exist_ok=True)
@@ -112,14 +126,20 @@ def _save(plt, fig, ax, title: str, ylabel: str, path: Path) -> Path:
 
 
 def _loss_plot(plt, series: dict, path: Path) -> Path:
+    """The logged steps' training loss as a line (and its moving mean), the epochs' mean training loss and the
+    validation loss as markers at each epoch's last step."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    steps, loss = _xy(series["loss"])
-    ax.plot(steps, loss, color="tab:blue", alpha=0.35, linewidth=0.8, label="training loss (logged steps)")
+    steps, loss = _xy(series.get("loss", []))
+    if loss:
+        ax.plot(steps, loss, color="tab:blue", alpha=0.35, linewidth=0.8, label="training loss (logged steps)")
     if len(loss) >= 20:
         width = max(len(loss) // 50, 5)
         smooth = [sum(loss[max(0, i - width + 1): i + 1]) / len(loss[max(0, i - width + 1): i + 1])
                   for i in range(len(loss))]
         ax.plot(steps, smooth, color="tab:blue", linewidth=1.6, label=f"training loss (mean of {width} logged steps)")
+    if series.get("epoch_loss"):
+        ax.plot(*_xy(series["epoch_loss"]), "D", color="navy", markersize=5, linestyle="none",
+                label="training loss (mean over the epoch)")
     if series.get("val_loss"):
         ax.plot(*_xy(series["val_loss"]), "o-", color="tab:orange", label="validation loss (per epoch)")
     return _save(plt, fig, ax, "Cross-entropy loss", "loss (nats per token)", path)
