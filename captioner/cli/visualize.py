@@ -30,7 +30,8 @@ def add_parser(sub) -> None:
         "each next-word distribution changes when the photo's features are replaced by the mean training image's; "
         "the image enters the cell at every step, so it stays high, and fades for an init_only model), "
         "attention.png (each word's attention over the photo, for attention models), index.html (all of it with "
-        "each step's probability and top-5 alternatives) and visualization.json (the numbers). Needs matplotlib "
+        "each step's probability and top-5 alternatives, and for attention models its attention entropy over the "
+        "uniform distribution's) and visualization.json (the numbers). Needs matplotlib "
         "(pip install 'captioner[viz]').",
     )
     parser.add_argument("image", metavar="IMAGE", help="the photo to caption")
@@ -49,8 +50,8 @@ def add_parser(sub) -> None:
 
 def reference_mean(model, folder: Path):
     """Mean features ``(D,)`` or ``(L, C)`` of the readable photos in ``folder``."""
-    from captioner.library.inputs import collect_images
     from captioner.features import encode_files
+    from captioner.library.inputs import collect_images
 
     paths = [p for p, problem in collect_images([str(folder)]) if problem is None]
     if not paths:
