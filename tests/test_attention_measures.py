@@ -123,3 +123,31 @@ def test_guided_captions_are_read_again_with_the_searchs_weights(vocab, caplog):
     unknown = GenerationConfig(beam_size=2, max_length=5, tags=("zebra",))  # a word the model never learned
     assert attention_maps(model, features, unknown) == [] and "left out" in caplog.text
 
+
+def test_attention_survey_script_writes_its_numbers_and_figure(vocab, shapes_dataset, tmp_path, caplog):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    pytest.importorskip("matplotlib")
+    path = Path(__file__).resolve().parents[1] / "scripts" / "attention_survey.py"
+    spec = importlib.util.spec_from_file_location("attention_survey", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    torch.manual_seed(0)
+    config = complete_config(tiny_config(len(vocab), inject="attention", attention_dim=8), len(vocab))
+    model = Captioner(config, vocab).eval()
+    model.save_pretrained(tmp_path / "m")
+    features = torch.randn(3, *config.feature_shape())
+    with script.fixed_attention(torch.full((config.feature_locations,), 1 / config.feature_locations)):
+        uniform = attention_maps(model, features, GenerationConfig(max_length=5))
+    assert all(torch.allclose(m, torch.full_like(m, 1 / config.feature_locations)) for m in uniform)
+    assert not all(torch.allclose(m, uniform[0][0]) for m in attention_maps(model, features, GenerationConfig()))
+    script.main(["--model", str(tmp_path / "m"), "--data", str(shapes_dataset), "--images", "6", "--max-length", "5",
+                 "--min-captions", "2", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out")])
+    report = json.loads((tmp_path / "out" / "attention_survey.json").read_text())
+    assert report["captions"] == report["settings"]["surveyed"] == 6 and 0 <= report["mean_entropy_ratio"] <= 1
+    assert len(report["mean_map"]) == math.isqrt(config.feature_locations)
+    assert report["settings"]["controls"]["learned"]["identical_to_learned"] == 1
+    assert set(report["settings"]["controls"]) == {"learned", "uniform", "mean_map", "examples"}
+    assert (tmp_path / "out" / "attention_survey.png").stat().st_size > 10_000
