@@ -141,3 +141,23 @@ def test_from_pretrained_defaults_to_the_clis_auto_device(tiny_model, tmp_path):
     loaded = Captioner.from_pretrained(tmp_path / "m")
     assert loaded.device.type == ("cuda" if torch.cuda.is_available() else loaded.device.type)
     assert Captioner.from_pretrained(tmp_path / "m", device="cpu").device.type == "cpu"
+
+
+def test_guided_captions_carry_their_attention_too(model):
+    result = model.caption(SAMPLE, tags=("red",), beam_size=3, n_best=2, return_attention=True)
+    assert result.tags == ["red"] and "red" in result.words
+    for c in result.n_best:
+        assert c.attention is not None and c.attention.shape[0] == len(c.words)
+        assert torch.allclose(c.attention.sum(dim=1), torch.ones(len(c.words)), atol=1e-5)
+
+
+def test_attention_read_again_equals_what_the_search_recorded(model):
+    from captioner.generation.guided import read_attention
+
+    features = model.encode(model.transform(load_image(SAMPLE)).unsqueeze(0))
+    hyps = model.caption_features(features, GenerationConfig(beam_size=3, n_best=3, return_attention=True,
+                                                             max_length=6))
+    with torch.inference_mode():
+        read = read_attention(model.decoder, features, model.vocab, hyps)
+    for recorded, again in zip(hyps[0], read[0]):
+        assert torch.allclose(recorded.attention.float(), again.attention, atol=1e-5)

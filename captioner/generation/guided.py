@@ -20,6 +20,7 @@ from torch import nn
 from captioner.generation.config import GenerationConfig, Hypothesis
 from captioner.generation.constrained import Constraint, constrained_search
 from captioner.generation.tags import Tag, article, constraint_ids, tag_tokens, word_groups
+from captioner.models.base import reorder_state, select_context
 from captioner.models.vocab_rows import append_rows, single_decoders
 from captioner.vocab import Vocabulary
 
@@ -132,4 +133,46 @@ def guided_search(decoder, features: torch.Tensor, vocab: Vocabulary, config: Ge
     if config.method != "beam":  # greedy: one beam, as greedy search ranks (no length penalty, one caption)
         config = dataclasses.replace(config, beam_size=1, length_penalty=0.0, n_best=1)
     results = constrained_search(extended, features, vocab, config, constraints, plain_vocab=len(vocab))
+    if config.return_attention:
+        results = read_attention(extended, features, vocab, results)
     return [[dataclasses.replace(h, tags=list(image)) for h in hyps] for hyps, image in zip(results, tags)]
+
+
+def read_attention(decoder, features: torch.Tensor, vocab: Vocabulary,
+                   results: list[list[Hypothesis]]) -> list[list[Hypothesis]]:
+    """Each hypothesis with the attention its words were written with, read again by teaching the decoder its own
+    caption (the constrained search keeps no weights; a step's weights depend only on the image and the words before
+    it, so they are the search's).
+
+    Args:
+        decoder: the decoder the search ran (with the rows of any added tag word).
+        features: the images' feature maps ``(B, L, C)``.
+        results: each image's hypotheses.
+
+    Returns:
+        The hypotheses with ``attention`` ``(len(tokens), L)``.
+    """
+    flat = [(i, h) for i, hyps in enumerate(results) for h in hyps]
+    longest = max((len(h.tokens) for _, h in flat), default=0)
+    if not flat or longest == 0:
+        empty = features.new_zeros((0, features.shape[1]))
+        return [[dataclasses.replace(h, attention=empty) for h in hyps] for hyps in results]
+    rows = torch.tensor([i for i, _ in flat], device=features.device)
+    inputs = torch.full((len(flat), longest), vocab.pad_id, dtype=torch.long, device=features.device)
+    for r, (_, h) in enumerate(flat):
+        inputs[r, 0] = vocab.start_id
+        inputs[r, 1 : len(h.tokens)] = torch.tensor(h.tokens[:-1], dtype=torch.long)
+    context, state = decoder.start(features)
+    context = select_context(context, rows)
+    state = reorder_state(state, rows) if state is not None else None
+    weights = []
+    for t in range(longest):
+        _, state, alpha = decoder.step(inputs[:, t], context, state)
+        weights.append(alpha.float())
+    weights = torch.stack(weights, dim=1)  # (N, T, L)
+    read = [dataclasses.replace(h, attention=weights[r, : len(h.tokens)]) for r, (_, h) in enumerate(flat)]
+    out, start = [], 0
+    for hyps in results:
+        out.append(read[start : start + len(hyps)])
+        start += len(hyps)
+    return out
