@@ -9,6 +9,7 @@ from PIL import Image
 from captioner.generation import GenerationConfig
 from captioner.generation.confidence import SIGNALS, ConfidenceModel, fit, signals
 from captioner.pipeline import Captioner
+from conftest import SAMPLES
 
 
 def _synthetic(n: int = 400, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,3 +64,14 @@ def test_signals_read_the_best_hypothesis_the_head_and_the_feature_map(tiny_mode
     assert rows.shape == (3, len(SIGNALS))
     assert torch.allclose(rows[:, 0], torch.tensor([-0.75, -0.5, -2.0 / 3]))  # per token, <end> included
     assert float(rows[2, 3]) == 0.0 and float(rows[0, 3]) > 0  # a uniform map has no spread
+
+
+def test_the_default_gives_blank_tiny_and_uniform_images_a_low_confidence():
+    model = Captioner.from_pretrained("default", device="cpu")
+    assert model.confidence_model is not None
+    blank = [Image.new("RGB", (320, 240), colour) for colour in ((0, 0, 0), (255, 255, 255), (128, 128, 128),
+                                                                  (200, 30, 30))]
+    results = model.caption(blank + [Image.new("RGB", (1, 1), (90, 90, 90))])
+    assert all(r.confidence < 0.5 for r in results), [(r.text, r.confidence) for r in results]
+    photo = model.caption(SAMPLES / "chelsea.jpg")
+    assert photo.confidence > max(r.confidence for r in results)

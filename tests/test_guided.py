@@ -182,3 +182,18 @@ def test_a_models_tag_calibration_leaves_out_unreliable_words_and_is_saved_with_
     assert Captioner.from_pretrained(tmp_path / "m").tag_calibration == calibration
     (tmp_path / "m" / "tag_calibration.json").write_text("{broken")
     assert Captioner.from_pretrained(tmp_path / "m").tag_calibration is None  # ignored with a warning
+
+
+def test_a_known_word_goes_bare_but_a_phrase_that_says_more_stays_whole():
+    from captioner.generation.guided import tag_constraint
+    from captioner.generation.tags import Tag
+    from captioner.vocab import Vocabulary
+
+    vocab = Vocabulary("a man is drinking a cup of coffee with a dog and an elephant".split())
+    ids = lambda text: tuple(vocab.stoi[w] for w in text.split())  # noqa: E731
+    coffee = tag_constraint(vocab, Tag("coffee", 0.9, phrase="a cup of coffee", kind="count"))
+    assert coffee.tokens == ids("a cup of coffee")  # was "coffee" alone: "sitting on a coffee"
+    dog = tag_constraint(vocab, Tag("dog", 0.9, phrase="a dog", kind="count"))
+    assert dog.tokens == ids("dog") and dog.forbid_before == ids("an")
+    elephant = tag_constraint(vocab, Tag("elephant", 0.9, phrase="an elephant", kind="count"))
+    assert elephant.tokens == ids("elephant") and elephant.forbid_before == ids("a")

@@ -46,14 +46,17 @@ def extend_decoder(decoder: nn.Module, vocab: Vocabulary, init: str | None = Non
         if word in vocab.stoi:
             known.setdefault(group, []).append(vocab.stoi[word])
     every = [i for ids in known.values() for i in ids]
-    sources = [(known.get(groups.get(token, "object")) if init == "group" else None) or every for token in vocab.extra]
+    sources = [tuple((known.get(groups.get(token, "object")) if init == "group" else None) or every)
+               for token in vocab.extra]
+    distinct = list(dict.fromkeys(sources))  # a few groups for hundreds of words: one mean per group, not per word
+    rows = torch.tensor([distinct.index(ids) for ids in sources], dtype=torch.long)
     size = len(vocab) + len(vocab.extra)
     with torch.no_grad():
         for member in single_decoders(extended):
             embed, head = member.embed.weight, member.head
-            append_rows(member, torch.stack([embed[ids].mean(dim=0) for ids in sources]),
-                        torch.stack([head.weight[ids].mean(dim=0) for ids in sources]),
-                        torch.stack([head.bias[ids].mean() for ids in sources]))
+            append_rows(member, torch.stack([embed[list(ids)].mean(dim=0) for ids in distinct])[rows],
+                        torch.stack([head.weight[list(ids)].mean(dim=0) for ids in distinct])[rows],
+                        torch.stack([head.bias[list(ids)].mean() for ids in distinct])[rows])
             member.config = dataclasses.replace(member.config, vocab_size=size)
     extended.config = dataclasses.replace(extended.config, vocab_size=size)
     if hasattr(extended, "plain_vocab"):  # an ensemble: its members' words keep their probabilities
@@ -92,17 +95,19 @@ def tag_constraint(vocab: Vocabulary, tag: Tag) -> Constraint:
 
     - A word the caller gave: the word, placed freely.
     - A mass noun or a plural ("broccoli", "jeans"): the word, never right after "a" or "an".
-    - A countable word the decoder knows ("dog"): the word, which the decoder may qualify ("a black dog", "two
-      dogs" are its to write), never after the article it does not take ("a elephant").
-    - A countable word the decoder never learned ("zebra"): the whole phrase with its article ("a zebra", "a cup of
-      coffee"), never right after another article: the decoder cannot choose articles for a word it does not know.
+    - A countable word the decoder knows whose phrase is just the word and its article ("dog"): the word, which the
+      decoder may qualify ("a black dog", "two dogs" are its to write), never after the article it does not take
+      ("a elephant").
+    - A countable word the decoder never learned ("zebra"), or one whose phrase says more than the word ("a cup of
+      coffee", not "a coffee"): the whole phrase with its article, never right after another article.
     """
     if tag.kind == "given":
         return Constraint(tuple(constraint_ids(vocab, tag.text)))
     word_ids = tuple(constraint_ids(vocab, tag.word))
     if tag.kind in ("mass", "plural"):
         return Constraint(word_ids, forbid_before=_ids(vocab, ("a", "an")))
-    if all(i < len(vocab) for i in word_ids) and tag.text.endswith(tag.word):
+    bare = tag.text in (tag.word, f"a {tag.word}", f"an {tag.word}")  # not "a cup of coffee": that phrase stays
+    if all(i < len(vocab) for i in word_ids) and bare:
         wrong = "a" if article(tag.word.split()[0]) == "an" else "an"
         return Constraint(word_ids, forbid_before=_ids(vocab, (wrong,)))
     tokens = tuple(constraint_ids(vocab, tag.text))
