@@ -116,7 +116,7 @@ def remove_abandoned_dirs(parent: Path, mark: str) -> list[Path]:
     for path in sorted(Path(parent).glob(f".*{mark}*")):
         match = owned.search(path.name)
         try:
-            alive = _process_alive(int(match.group(1))) if match else (
+            alive = process_alive(int(match.group(1))) if match else (
                 time.time() - path.stat().st_mtime < UNOWNED_AGE)
             if alive or not path.is_dir():
                 continue
@@ -127,7 +127,7 @@ def remove_abandoned_dirs(parent: Path, mark: str) -> list[Path]:
     return removed
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Whether process ``pid`` exists on this machine (a PID is the only owner a temporary records)."""
     try:
         os.kill(pid, 0)

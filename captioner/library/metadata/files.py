@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from captioner.fileio import process_alive
 from captioner.library.metadata.records import MetadataError
 
 SIDECAR_NAMINGS = ("append", "replace")  # photo.jpg.xmp | photo.xmp
@@ -34,22 +35,13 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}.tmp")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # someone else's process
-        return True
-    return True
-
 
 def remove_stale_temporaries(path: Path) -> list[Path]:
     """Delete the temporary copies of ``path`` that killed writes left (their process is gone); returns them."""
     removed = []
     for tmp in path.parent.glob(f".{glob.escape(path.name)}{TEMP_MARK}*.tmp"):
         pid = tmp.name[len(f".{path.name}{TEMP_MARK}"):-len(".tmp")]
-        if pid.isdigit() and not _alive(int(pid)) and tmp.is_file():
+        if pid.isdigit() and not process_alive(int(pid)) and tmp.is_file():
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
