@@ -110,6 +110,37 @@ def test_a_batched_constrained_search_gives_what_one_image_at_a_time_gives(vocab
             assert [h.log_prob for h in together[i]] == pytest.approx([h.log_prob for h in alone], abs=1e-4)
 
 
+
+@pytest.mark.parametrize("inject", ["every_step", "attention"])
+def test_rows_that_cannot_matter_are_not_decoded_and_captions_stay_the_same(vocab, inject, monkeypatch):
+    """The search runs the decoder on live rows only (finished rows and -inf rows are skipped): same captions and
+    scores as decoding every row, and fewer rows decoded."""
+    from captioner.generation import constrained
+
+    words = [vocab.stoi[w] for w in vocab.itos[4:]]
+    model = _model(vocab, 1, inject=inject, attention_dim=8)
+    generator = torch.Generator().manual_seed(1)
+    features = torch.randn(4, *model.config.feature_shape(), generator=generator)
+    constraints = [[], [[words[0]]], [[words[1]], [words[2], words[3]]], [[words[4]], [words[5]]]]
+    config = GenerationConfig(beam_size=3, max_length=9, no_repeat_ngram=2, n_best=2)
+    rows = []
+    step = model.decoder.step
+    monkeypatch.setattr(model.decoder, "step", lambda tokens, *a: rows.append(len(tokens)) or step(tokens, *a))
+    skipping = constrained_search(model.decoder, features, vocab, config, constraints)
+    skipped = sum(rows)
+
+    def every_row(self):
+        logits, self.state, _ = self.decoder.step(self.tokens, self.context, self.state)
+        return logits
+
+    monkeypatch.setattr(constrained._Batch, "_decode", every_row)
+    rows.clear()
+    full = constrained_search(model.decoder, features, vocab, config, constraints)
+    assert skipped < sum(rows)
+    for a, b in zip(skipping, full):
+        assert [h.tokens for h in a] == [h.tokens for h in b]
+        assert [h.log_prob for h in a] == pytest.approx([h.log_prob for h in b], abs=1e-5)
+
 def test_a_constraint_can_forbid_the_tokens_before_it(vocab):
     """A tag phrase with its own article ('a cat') never follows an article the decoder wrote itself."""
     from captioner.generation.constrained import Constraint

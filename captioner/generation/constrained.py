@@ -276,7 +276,7 @@ class _Batch:
 
     def step(self) -> bool:
         """One decoder step for every row of every group; True when every image has its answer."""
-        logits, self.state, _ = self.decoder.step(self.tokens, self.context, self.state)
+        logits = self._decode()
         logp, forced = self._log_probs(logits)  # (N, V) each
         last = self.history[:, -1] if self.history.shape[1] else None
         parents, tokens, start = [], [], 0
@@ -297,6 +297,28 @@ class _Batch:
         self.state = reorder_state(self.state, parent)
         self.done = self.done.index_select(0, parent) | (self.tokens == self.vocab.end_id)
         return self._retire()
+
+    def _decode(self) -> torch.Tensor:
+        """The step's logits ``(N, V)`` for the rows that can still matter: a finished row only continues with
+        ``<pad>`` and a row of score -inf (a state not reached yet, or fewer hypotheses than beams) only gives -inf
+        scores, whatever the decoder says, so neither is run; their logits are zeros and their state stays. The same
+        captions, fewer rows: most of a constrained search's rows are such early on and once the full state
+        finishes. Without any constraint every row is run, as plain beam search does."""
+        scores = torch.cat([g.scores.reshape(-1) for g in self.groups]).to(self.done.device)  # (N,) in row order
+        alive = ~self.done & (scores > NEG)
+        plain = all(len(g.states) == 1 for g in self.groups)  # run as plain beam search runs, to the last bit
+        if plain or bool(alive.all()):
+            logits, self.state, _ = self.decoder.step(self.tokens, self.context, self.state)
+            return logits
+        index = torch.nonzero(alive).flatten()
+        state = map_tensors(lambda t: t.index_select(1, index), self.state) if self.state is not None else None
+        part, state, _ = self.decoder.step(self.tokens[index], select_context(self.context, index), state)
+        logits = part.new_zeros((len(self.tokens), part.shape[1]))
+        logits[index] = part
+        if self.state is None:  # None means zeros: the rows not run keep zeros
+            self.state = map_tensors(lambda t: t.new_zeros((t.shape[0], len(self.tokens), *t.shape[2:])), state)
+        self.state = _scatter_rows(self.state, state, index)
+        return logits
 
     def _retire(self, everything: bool = False) -> bool:
         """Take the settled images (all, with ``everything``) out of the search; True when none is left."""
@@ -324,6 +346,17 @@ class _Batch:
         """Answer every image still searching (cut at ``max_length``)."""
         if self.groups:
             self._retire(everything=True)
+
+
+def _scatter_rows(old, new, index: torch.Tensor):
+    """``old`` recurrent state (tensors ``(layers, N, H)`` in nested tuples) with rows ``index`` replaced by ``new``'s
+    rows ``(layers, len(index), H)``."""
+    if old is None:
+        return None
+    if isinstance(old, torch.Tensor):
+        return old.index_copy(1, index, new.to(old.dtype))
+    items = [_scatter_rows(o, n, index) for o, n in zip(old, new)]
+    return type(old)(*items) if hasattr(old, "_fields") else type(old)(items)
 
 
 __all__ = ["Constraint", "constrained_search", "search_states", "transitions"]
