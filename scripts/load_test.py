@@ -2,13 +2,16 @@
 
 Starts its own server (``captioner serve`` on a free 127.0.0.1 port, the default model unless --model) unless --url
 is given, waits for /healthz, then each client thread posts one photo per request to /api/caption in turn.
-Prints JSON (and writes it with --out). The figures go in docs/performance.md.
+Prints JSON (and writes it with --out). The figures go in docs/performance.md. ``--backend both`` runs the test
+against a server of each backend in turn (the default, ONNX Runtime on the CPU, then ``--backend torch``) and reports
+requests/s and latency percentiles for each.
 
 With --huge N [N ...], it measures memory instead: for each N, a fresh server gets one request with N copies of a
 9000x9000 PNG (about 240 KB each, 81 million pixels decoded), and the server process's peak and resident memory
 (VmHWM, VmRSS from /proc/PID/status) are reported before and after; the figures go in docs/reliability.md.
 
 Usage: python scripts/load_test.py --requests 200 --concurrency 4 [--url http://127.0.0.1:8000] [--out load.json]
+       python scripts/load_test.py --requests 200 --concurrency 16 --backend both [--out load_c16.json]
        python scripts/load_test.py --huge 1 8 32 [--serve-arg=--max-request-megapixels=1000]
 """
 
@@ -189,6 +192,9 @@ def main() -> int:
                         help="measure memory instead: one request with N 9000x9000 PNGs per fresh server")
     parser.add_argument("--serve-arg", action="append", default=[],
                         help="an option for the started server (repeat; e.g. --serve-arg=--max-batch=8)")
+    parser.add_argument("--backend", choices=["auto", "onnxruntime", "torch", "both"], default="auto",
+                        help="the started server's backend (auto: the default, no --backend option; both: auto "
+                        "then torch, one server each) (default: auto)")
     args = parser.parse_args()
     if args.requests < 1 or args.concurrency < 1:
         parser.error("--requests and --concurrency must be at least 1")
@@ -200,18 +206,33 @@ def main() -> int:
         if args.out:
             Path(args.out).write_text(text + "\n")
         return 0
-    proc, url = (None, args.url.rstrip("/")) if args.url else start_server(args.model, args.threads)
+    if args.url and args.backend == "both":
+        parser.error("--backend both starts its own servers: leave out --url")
+    backends = ["auto", "torch"] if args.backend == "both" else [args.backend]
+    reports = {backend: run_backend(args, backend) for backend in backends}
+    report = reports[backends[0]] if len(backends) == 1 else {
+        "concurrency": args.concurrency, "requests": args.requests, "backends": reports,
+        "summary": {b: {"requests_per_s": rep["requests_per_s"],
+                        "p95_ms": (rep["latency_ms"] or {}).get("p95")} for b, rep in reports.items()}}
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0 if not any(rep["errors"] for rep in reports.values()) else 1
+
+
+def run_backend(args: argparse.Namespace, backend: str) -> dict:
+    """The load test against ``--url``, or against a server of ``backend`` started for it (``auto``: no
+    ``--backend`` option, the default a user gets)."""
+    extra = ([] if backend == "auto" else ["--backend", backend]) + args.serve_arg
+    proc, url = (None, args.url.rstrip("/")) if args.url else start_server(args.model, args.threads, extra)
     try:
         report = run(args, url)
     finally:
         if proc is not None:
             proc.terminate()
             proc.wait(30)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return 0 if not report["errors"] else 1
+    return {"backend": backend if not args.url else "the server's", **report}
 
 
 if __name__ == "__main__":

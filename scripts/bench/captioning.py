@@ -1,5 +1,6 @@
-"""Captioning figures: images per second through the ``captioner caption`` code path, the encoder's FLOPs and
-speed, the ONNX export the onnxruntime backend needs, and the peak memory of ``captioner caption`` over a folder."""
+"""Captioning figures: images per second in-process through the ``captioner caption`` code path (default, guided
+and plain decoding), the CLI as a user runs it (whole process, model load included), the encoder's FLOPs and speed,
+and the peak memory of ``captioner caption`` over growing folders (its slope over the number of images)."""
 
 from __future__ import annotations
 
@@ -9,62 +10,89 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import captioner_cmd, child_env, r, run_measured
+from bench.common import captioner_cmd, child_env, link_folder, r, rss_slope, run_measured
 
 
 def backend_args(args: argparse.Namespace) -> list[str]:
-    """Extra ``captioner caption`` options that select the backend and its model."""
-    if args.backend == "torch":
-        return ["--model", args.model] if args.model != "default" else []
-    return ["--backend", args.backend, "--model", str(args.onnx_dir)]
+    """Extra ``captioner caption`` options: none for the default backend and model, as a new user types it."""
+    extra = ["--backend", args.backend] if args.backend != "auto" else []
+    return extra + (["--model", args.model] if args.model != "default" else [])
 
 
 def load_caption_model(args: argparse.Namespace):
-    """The model as ``captioner caption`` loads it (``cli.caption.load_backend``, or ``cli.common.load_model``
-    where the CLI has no backends), on the CPU."""
-    from captioner.cli import caption
+    """The model as ``captioner caption`` loads it (``cli.common.load_captioner``: the default backend exports the
+    model into the cache once), on the CPU."""
+    from captioner.cli.common import load_captioner
 
-    model = args.model if args.backend == "torch" else str(args.onnx_dir)
-    load_backend = getattr(caption, "load_backend", None)
-    if load_backend is not None:
-        return load_backend(argparse.Namespace(backend=args.backend, model=model, device="cpu"))
-    if args.backend != "torch":
-        raise RuntimeError(f"this captioner's caption command has no --backend {args.backend}")
-    return caption.load_model(model, "cpu")
+    return load_captioner(argparse.Namespace(backend=args.backend, model=args.model, device="cpu"))
+
+
+def search_config(guided: bool | None):
+    """The CLI's search: beam 3, the model's own settings where the options leave them open (``guided=None``)."""
+    from captioner.cli.common import generation_config
+
+    return generation_config(argparse.Namespace(beam_size=3, guided=guided))
 
 
 def caption_batch(model, paths: list[Path], config) -> list[str]:
-    """What ``captioner caption`` does per batch (``cli/caption.py``), without printing: read, caption, decode."""
+    """What ``captioner caption`` does per batch (``library.run``), without printing: read at the encoder's size,
+    caption, decode."""
     from captioner.images import load_image
 
-    hyps = model.caption_images([load_image(p) for p in paths], config)
+    side = model.config.preprocess.resize
+    hyps = model.caption_images([load_image(p, min_side=side) for p in paths], config)
     return [model.vocab.decode(h[0].tokens) for h in hyps]
 
 
+def images_per_s(model, paths: list[Path], config, size: int) -> float:
+    """Images/s over ``paths`` in batches of ``size`` after a warm-up batch."""
+    caption_batch(model, paths[:size], config)  # warm-up: first-call costs
+    t0 = time.perf_counter()
+    for start in range(0, len(paths), size):
+        caption_batch(model, paths[start : start + size], config)
+    return len(paths) / (time.perf_counter() - t0)
+
+
 def measure_caption(args: argparse.Namespace, paths: list[Path]) -> dict:
-    """Images/s over ``paths`` in batches of ``args.caption_batch`` (beam 3) after a warm-up batch, and the
-    median warm latency of one image."""
-    from captioner.cli.common import generation_config
+    """In-process images/s (beam 3, batch ``caption_batch``, model load excluded) with guided and with plain
+    decoding; ``caption_images_per_s`` is the model's default of the two; and the median warm latency of one image."""
+    from captioner.generation.config import GenerationConfig, with_model_defaults
 
     t0 = time.perf_counter()
     model = load_caption_model(args)
     load_s = time.perf_counter() - t0
-    config = generation_config(argparse.Namespace(beam_size=3, max_length=20))
     size = args.caption_batch
-    caption_batch(model, paths[:size], config)  # warm-up: builds the encoder, first-call costs
-    t0 = time.perf_counter()
-    for start in range(0, len(paths), size):
-        caption_batch(model, paths[start : start + size], config)
-    seconds = time.perf_counter() - t0
+    guided = images_per_s(model, paths, search_config(True), size)
+    plain = images_per_s(model, paths, search_config(False), size)
+    default_guided = bool(with_model_defaults(GenerationConfig(), model.decoder).guided)
     singles = []
     for path in paths[: 3 if args.quick else 9]:
         t1 = time.perf_counter()
-        caption_batch(model, [path], config)
+        caption_batch(model, [path], search_config(None))
         singles.append(time.perf_counter() - t1)
-    return {"caption_images_per_s": r(len(paths) / seconds, 2), "caption_ms_single": r(
-        1000 * statistics.median(singles), 1), "caption_detail": {
-        "images": len(paths), "batch_size": size, "beam_size": 3, "seconds": r(seconds, 2),
-        "model_load_s": r(load_s, 3), "single_ms_all": [r(1000 * s, 1) for s in singles]}}
+    return {"caption_images_per_s": r(guided if default_guided else plain, 2), "guided_images_per_s": r(guided, 2),
+            "plain_images_per_s": r(plain, 2), "caption_ms_single": r(1000 * statistics.median(singles), 1),
+            "caption_detail": {"backend": type(model).__name__, "default_is_guided": default_guided,
+                               "images": len(paths), "batch_size": size, "beam_size": 3, "model_load_s": r(load_s, 3),
+                               "single_ms_all": [r(1000 * s, 1) for s in singles]}}
+
+
+def measure_cli(args: argparse.Namespace, paths: list[Path], errors: dict) -> dict:
+    """``captioner caption DIR --beam-size 3 --batch-size 32`` (no backend flag) over a folder of ``paths``, whole
+    process with the model load: images/s by wall time, with the model's default decoding and with ``--plain``."""
+    out: dict = {"cli_caption_images": len(paths)}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = link_folder(paths, Path(tmp) / "photos")
+        for key, extra in (("cli_caption_images_per_s", []), ("cli_plain_images_per_s", ["--plain"])):
+            cmd = captioner_cmd() + ["caption", str(folder), "--beam-size", "3", "--batch-size",
+                                     str(args.caption_batch)] + extra + backend_args(args)
+            result = run_measured(cmd, child_env(args.threads, args.captioner_cache))
+            if result["rc"] != 0:
+                errors[key] = f"exit {result['rc']}: {result['stderr_tail']}"
+                continue
+            out[key] = r(len(paths) / result["wall_s"], 2)
+            out[key.replace("images_per_s", "wall_s")] = r(result["wall_s"], 2)
+    return out
 
 
 def encoder_figures(args: argparse.Namespace, paths: list[Path], gflops: float | None) -> dict:
@@ -91,39 +119,29 @@ def encoder_figures(args: argparse.Namespace, paths: list[Path], gflops: float |
         t0 = time.perf_counter()
         runner.encode(pixels)
         times.append(time.perf_counter() - t0)
-    images_per_s = len(pixels) / min(times)
-    achieved = per_image * images_per_s
-    return {"encoder_gflops_per_image": r(per_image, 3), "encoder_images_per_s": r(images_per_s, 2),
+    rate = len(pixels) / min(times)
+    achieved = per_image * rate
+    return {"encoder_gflops_per_image": r(per_image, 3), "encoder_images_per_s": r(rate, 2),
             "encoder_gflops_per_s": r(achieved, 2),
             "encoder_fraction_of_matmul": r(achieved / gflops, 4) if gflops else None,
             "encoder_input": [len(pixels), 3, crop, crop]}
 
 
-def measure_caption_rss(args: argparse.Namespace, paths: list[Path], cold_s: float | None, errors: dict) -> dict:
-    """``captioner caption DIR --batch-size 32 --beam-size 3 --json`` over a folder of symlinked images: its
-    peak RSS, wall time and, less one cold single-image run, its steady images/s through the real CLI."""
-    with tempfile.TemporaryDirectory() as tmp:
-        for path in paths:
-            (Path(tmp) / path.name).symlink_to(path.resolve())
-        cmd = captioner_cmd() + ["caption", tmp, "--batch-size", str(args.caption_batch), "--beam-size", "3",
-                                 "--json"] + backend_args(args)
-        result = run_measured(cmd, child_env(args.threads))
-    if result["rc"] != 0:
-        errors["caption_rss"] = f"exit {result['rc']}: {result['stderr_tail']}"
-        return {}
-    steady = (len(paths) - 1) / (result["wall_s"] - cold_s) if cold_s and result["wall_s"] > cold_s else None
-    return {"peak_rss_mb_caption": r(result["peak_rss_mb"], 1), "caption_cli_images": len(paths),
-            "caption_cli_wall_s": r(result["wall_s"], 2), "caption_cli_images_per_s": r(steady, 2)}
-
-
-def prepare_onnx(args: argparse.Namespace, tmp: Path, errors: dict) -> bool:
-    """With ``--backend onnxruntime`` and no ``--onnx-dir``: export the torch model with ``captioner export``."""
-    if args.backend == "torch" or args.onnx_dir:
-        return True
-    args.onnx_dir = tmp / "onnx"
-    cmd = captioner_cmd() + ["export", "--model", args.model, "--format", "onnx", "--out", str(args.onnx_dir)]
-    result = run_measured(cmd, child_env(args.threads))
-    if result["rc"] != 0:
-        errors["onnx_export"] = f"exit {result['rc']}: {result['stderr_tail']}"
-        return False
-    return True
+def measure_caption_rss(args: argparse.Namespace, paths: list[Path], sizes: list[int], errors: dict) -> dict:
+    """``captioner caption DIR --batch-size 32 --beam-size 3 --json`` over folders of the first N of ``paths`` for
+    each N of ``sizes``: each run's peak RSS, wall time and images/s, and the slope of the peak over N."""
+    points, runs = {}, {}
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = link_folder(paths[:n], Path(tmp) / "photos")
+            cmd = captioner_cmd() + ["caption", str(folder), "--batch-size", str(args.caption_batch),
+                                     "--beam-size", "3", "--json"] + backend_args(args)
+            result = run_measured(cmd, child_env(args.threads, args.captioner_cache))
+        if result["rc"] != 0:
+            errors[f"caption_rss_{n}"] = f"exit {result['rc']}: {result['stderr_tail']}"
+            continue
+        points[len(paths[:n])] = result["peak_rss_mb"]
+        runs[str(len(paths[:n]))] = {"peak_rss_mb": r(result["peak_rss_mb"], 1), "wall_s": r(result["wall_s"], 2),
+                                     "images_per_s": r(len(paths[:n]) / result["wall_s"], 2)}
+    return {"peak_rss_mb_caption": r(max(points.values()), 1) if points else None,
+            "caption_rss_slope_mb_per_1000": r(rss_slope(points), 1), "caption_rss_runs": runs}

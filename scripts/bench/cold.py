@@ -1,5 +1,6 @@
-"""Cold-start figures: ``captioner caption ONE.jpg`` as a fresh process (median of several), the time of each
-phase (imports, model load, encoder build, first caption) and the packages whose import costs the most."""
+"""Cold-start figures: the first-ever ``captioner caption ONE.jpg`` (a fresh cache: the default model is exported
+first), then the same command as a fresh process (median of several), the time of each phase of a cold caption and
+the packages whose import costs the most."""
 
 from __future__ import annotations
 
@@ -16,27 +17,39 @@ from bench.common import captioner_cmd, child_env, r, run_measured
 
 PHASES = """
 import argparse, json, sys, time
-t0 = time.perf_counter()
-import captioner.cli
-t1 = time.perf_counter()
-import torch
-t2 = time.perf_counter()
-import captioner.models.encoders, captioner.generation.search
-from captioner.cli import caption
+t = [time.perf_counter()]
+from captioner.cli.main import build_parser
+build_parser(); t.append(time.perf_counter())
+image, model_name, backend = sys.argv[1:4]
+args = argparse.Namespace(backend=backend, model=model_name, device="cpu")
+if backend == "torch":
+    from captioner.cli.common import load_captioner
+    model = load_captioner(args); t.append(time.perf_counter()); t += [t[-1], t[-1]]  # one load
+else:
+    from captioner.export.sessions import open_export
+    opening = open_export(model_name)  # the graphs load on a thread while torch is imported
+    import torch
+    from captioner.export.runtime import load_onnx
+    t.append(time.perf_counter())
+    opening.result(); t.append(time.perf_counter())
+    model = load_onnx(model_name, opening=opening); t.append(time.perf_counter())
 from captioner.cli.common import generation_config
+from captioner.generation.config import with_model_defaults
 from captioner.images import load_image
-t3 = time.perf_counter()
-args = argparse.Namespace(backend=sys.argv[3], model=sys.argv[2], device="cpu")
-load = getattr(caption, "load_backend", None)
-model = load(args) if load else caption.load_model(args.model, "cpu")
-t4 = time.perf_counter()
-model.encoder
-t5 = time.perf_counter()
-config = generation_config(argparse.Namespace(beam_size=3, max_length=20))
-model.caption_images([load_image(sys.argv[1])], config)
-t6 = time.perf_counter()
-print(json.dumps({"import_cli_s": t1 - t0, "import_torch_s": t2 - t1, "import_encoders_generate_s": t3 - t2,
-                  "load_model_s": t4 - t3, "build_encoder_s": t5 - t4, "first_caption_s": t6 - t5}))
+picture = load_image(image, min_side=model.config.preprocess.resize); t.append(time.perf_counter())
+pixels = model.transform(picture).unsqueeze(0); t.append(time.perf_counter())
+features = model.encode(pixels); t.append(time.perf_counter())
+config = with_model_defaults(generation_config(argparse.Namespace(beam_size=3)), model.decoder)
+hyps = model.caption_features(features, config); t.append(time.perf_counter())
+names = ["import_cli_and_parser_s", "import_torch_and_runtime_s", "wait_for_sessions_s", "build_captioner_s",
+         "load_image_s", "preprocess_s", "encode_s", "search_tags_confidence_s"]
+out = {n: b - a for n, a, b in zip(names, t, t[1:])}
+out["guided"] = bool(config.guided)
+if backend != "torch":
+    from captioner.export.sessions import open_export
+    s0 = time.perf_counter(); open_export(model_name).result()
+    out["sessions_serial_s"] = time.perf_counter() - s0  # what loading them beside torch's import hides
+print(json.dumps(out))
 """
 
 
@@ -51,11 +64,22 @@ def median_run(cmd: list[str], env: dict, repeats: int) -> tuple[float | None, d
     return statistics.median(walls), last
 
 
+def measure_first_run(args: argparse.Namespace, image: Path, errors: dict) -> dict:
+    """``captioner caption ONE.jpg`` with an empty captioner cache (``args.captioner_cache``, fresh): the one-time
+    export of the default model included, as a new user's first command."""
+    result = run_measured(captioner_cmd() + ["caption", str(image)] + backend_args(args),
+                          child_env(args.threads, args.captioner_cache))
+    if result["rc"] != 0:
+        errors["first_run"] = f"exit {result['rc']}: {result['stderr_tail']}"
+        return {}
+    return {"first_run_s": r(result["wall_s"], 2), "first_run_peak_rss_mb": r(result["peak_rss_mb"], 1)}
+
+
 def measure_cold_start(args: argparse.Namespace, image: Path, errors: dict) -> dict:
-    """``captioner caption ONE.jpg`` as a fresh process (median of 3), the bare interpreter start, the import of
-    ``captioner.cli`` alone (timed inside a fresh process), and the phases of a cold caption (torch backend)."""
-    env = child_env(args.threads)
-    cold, last = median_run(captioner_cmd() + ["caption", str(image)] + backend_args(args), env, 3)
+    """``captioner caption ONE.jpg`` as a fresh process (median of ``args.cold_repeats``, the export already in the
+    cache), the bare interpreter start, the import of ``captioner.cli`` alone, and the phases of a cold caption."""
+    env = child_env(args.threads, args.captioner_cache)
+    cold, last = median_run(captioner_cmd() + ["caption", str(image)] + backend_args(args), env, args.cold_repeats)
     if cold is None:
         errors["cli_cold"] = f"exit {last['rc']}: {last['stderr_tail']}"
     startup, _ = median_run([sys.executable, "-c", "pass"], env, 3)
@@ -63,12 +87,13 @@ def measure_cold_start(args: argparse.Namespace, image: Path, errors: dict) -> d
     imports = [float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                                     check=True).stdout) for _ in range(3)]
     out = {"cli_cold_s": r(cold, 3), "import_s": r(statistics.median(imports), 4),
-           "python_startup_s": r(startup, 3)}
-    model = args.model if args.backend == "torch" else str(args.onnx_dir)
-    phases = subprocess.run([sys.executable, "-c", PHASES, str(image), model, args.backend], env=env,
-                            capture_output=True, text=True)
+           "python_startup_s": r(startup, 3), "cli_cold_repeats": args.cold_repeats}
+    backend = "auto" if args.backend == "auto" else args.backend
+    phases = subprocess.run([sys.executable, "-c", PHASES, str(image), args.model, backend], env=env,
+                            capture_output=True, text=True, check=False)
     if phases.returncode == 0:
-        out["cold_phases_s"] = {k: r(v, 3) for k, v in json.loads(phases.stdout.splitlines()[-1]).items()}
+        out["cold_phases_s"] = {k: (r(v, 3) if isinstance(v, float) else v)
+                                for k, v in json.loads(phases.stdout.splitlines()[-1]).items()}
     else:
         errors["cold_phases"] = phases.stderr[-500:]
     return out
@@ -131,8 +156,8 @@ def measure_imports(args: argparse.Namespace, image: Path, errors: dict) -> dict
     """``python -X importtime`` of ``captioner caption ONE.jpg`` run in-process (``captioner.cli.main``)."""
     code = (f"import sys; from captioner.cli import main; "
             f"sys.exit(main({['caption', str(image)] + backend_args(args)!r}))")
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", code], env=child_env(args.threads),
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True,
+                          env=child_env(args.threads, args.captioner_cache), check=False)
     if proc.returncode != 0:
         errors["importtime"] = proc.stderr[-500:]
     rows = parse_importtime(proc.stderr)

@@ -1,5 +1,6 @@
-"""Helpers every benchmark part shares: where the repository is, running a child process and reading its peak
-memory, the machine's description and its matmul rate, rounding, and recording a failed measurement."""
+"""Helpers every benchmark part shares: where the repository and the data are, running a child process and reading
+its peak memory, folders of linked images, the slope of memory over data size, the machine's description and its
+matmul rate, rounding, and recording a failed measurement."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 BENCHMARK = REPO / "scripts" / "benchmark.py"
+SHARED = REPO.parent / "shared" / "data"
+
 
 def peak_rss_self_mb() -> float:
     """Peak resident set size of this process so far, MiB (Linux reports kilobytes)."""
@@ -48,9 +51,12 @@ def run_measured(cmd: list[str], env: dict | None = None, stdout=subprocess.DEVN
     return {"wall_s": wall, "rc": proc.returncode, "peak_rss_mb": usage.ru_maxrss / 1024, "stderr_tail": tail}
 
 
-def child_env(threads: int) -> dict:
-    """Environment of child processes: this venv's PATH, and the thread count for torch's OpenMP pool."""
+def child_env(threads: int, cache: Path | None = None) -> dict:
+    """Environment of child processes: this venv's PATH, the thread count for torch's OpenMP pool and, given, the
+    captioner cache (``CAPTIONER_CACHE``: where the default model's ONNX export is kept)."""
     env = dict(os.environ)
+    if cache is not None:
+        env["CAPTIONER_CACHE"] = str(cache)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["OMP_NUM_THREADS"] = str(threads)
     env.pop("CAPTIONER_DEBUG", None)
@@ -106,3 +112,42 @@ def val_images(data: Path, n: int) -> list[Path]:
     """The first ``n`` images of the validation split (all of it when it is shorter)."""
     names = (data / "splits" / "val.txt").read_text().split()[:n]
     return [data / "images" / name for name in names]
+
+
+def folder_images(folder: Path, n: int) -> list[Path]:
+    """The first ``n`` image files of a folder, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:n]
+
+
+def link_folder(paths: list[Path], directory: Path) -> Path:
+    """A folder of symbolic links to ``paths`` (a directory argument for ``captioner caption``)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        (directory / path.name).symlink_to(path.resolve())
+    return directory
+
+
+def rss_slope(points: dict[int, float]) -> float | None:
+    """Least-squares slope of peak memory (MB) over data size (images), in MB per 1,000 images (None with fewer
+    than two sizes)."""
+    sizes = sorted(points)
+    if len(sizes) < 2:
+        return None
+    mean_n = sum(sizes) / len(sizes)
+    mean_mb = sum(points[n] for n in sizes) / len(sizes)
+    spread = sum((n - mean_n) ** 2 for n in sizes)
+    return 1000 * sum((n - mean_n) * (points[n] - mean_mb) for n in sizes) / spread
+
+
+def select_phases(phases: tuple[str, ...], only: str | None, skip: str | None) -> list[str]:
+    """The phases to run, in order: ``only`` (comma-separated; None: all) less ``skip``.
+
+    Raises:
+        ValueError: a name that is not a phase.
+    """
+    wanted = [p.strip() for p in only.split(",") if p.strip()] if only else list(phases)
+    unwanted = {p.strip() for p in skip.split(",") if p.strip()} if skip else set()
+    unknown = sorted((set(wanted) | unwanted) - set(phases))
+    if unknown:
+        raise ValueError(f"unknown phase(s) {', '.join(unknown)}; the phases are {', '.join(phases)}")
+    return [p for p in phases if p in wanted and p not in unwanted]

@@ -1,6 +1,7 @@
 """Training figures: the default recipe's steady-state step through the training loop's own step, a naive tutorial
-loop for comparison, model FLOP utilisation, and the peak memory of a training process that sets up the train split
-(run as a child, ``benchmark.py --child-train``)."""
+loop for comparison, model FLOP utilisation, the peak memory of a training process that sets up the train split
+(run as a child, ``benchmark.py --child-train``), and the peak memory of cold-cache setups of growing splits
+(``benchmark.py --child-rss N``, one child per size) with its slope over the number of images."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import BENCHMARK, child_env, guarded, peak_rss_self_mb, proc_status_mb, r, run_measured
+from bench.common import BENCHMARK, child_env, guarded, peak_rss_self_mb, proc_status_mb, r, rss_slope, run_measured
 
 RECIPE = dict(  # scripts/train_default.sh, one member
     model=dict(encoder="efficientnet_lite2", inject="attention", attention_dim=256, attention_init="mean",
@@ -22,11 +23,12 @@ RECIPE = dict(  # scripts/train_default.sh, one member
 
 
 def build_recipe_run(data: Path, cache_dir: Path, out: Path, threads: int, train_images: int, device: str = "cpu",
-                     precision: str = "auto"):
+                     precision: str = "auto", holdout: int | None = None, val_images: int = 0):
     """The default recipe's training run set up as ``captioner train`` does it (``training.loop.build_run``):
     whole train split (minus the 500 held out for selection) with its cached features loaded, vocabulary, model,
     optimizer and schedule. ``train_images`` > 0 cuts the split (quick runs); ``device`` and ``precision`` as
-    ``captioner train``'s (scripts/gpu_bench.py)."""
+    ``captioner train``'s (scripts/gpu_bench.py); ``holdout`` (None: the recipe's, a fifth of a cut split) 0
+    validates on the first ``val_images`` of the validation split instead (0: all of it)."""
     from captioner.config import ModelConfig
     from captioner.models.factory import complete_config
     from captioner.pipeline import Captioner
@@ -36,9 +38,10 @@ def build_recipe_run(data: Path, cache_dir: Path, out: Path, threads: int, train
     from captioner.training.state import seed_everything
     from captioner.vocab import Vocabulary
 
-    holdout = RECIPE["train"]["holdout"] if not train_images else max(train_images // 5, 4)
+    if holdout is None:
+        holdout = RECIPE["train"]["holdout"] if not train_images else max(train_images // 5, 4)
     cfg = TrainConfig(data=str(data), out=str(out), cache_dir=str(cache_dir), num_threads=threads, device=device,
-                      precision=precision, **{**RECIPE["train"], "holdout": holdout})
+                      precision=precision, val_max_images=val_images, **{**RECIPE["train"], "holdout": holdout})
     seed_everything(cfg.seed)
     import torch
 
@@ -222,3 +225,45 @@ def summarize_training(child: dict, result: dict, gflops: float | None) -> dict:
         "peak_rss_mb_training": r(child["peak_rss_mb_training"], 1),
     }
     return out
+
+
+def child_rss(args: argparse.Namespace) -> int:
+    """``--child-rss N``: a cold-cache training setup of the first N training images (``--cache-dir`` is a fresh
+    feature cache, so the setup extracts every feature), two steps and one validation of ``--rss-val-images``
+    validation images; its peak RSS, as JSON on stdout."""
+    out: dict = {"errors": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        run, setup_s = build_recipe_run(args.data, args.cache_dir, Path(tmp) / "run", args.threads, args.child_rss,
+                                        holdout=0, val_images=args.rss_val_images)
+        out.update(setup_s=setup_s, train_images=len(run.train.data), rss_after_setup=proc_status_mb())
+        batches = recipe_batches(run)
+        guarded("steps", out["errors"], time_recipe_steps, run, batches, 0, min(2, len(batches)))
+        guarded("validate", out["errors"], _validate_once, run)
+        out["peak_rss_mb"] = peak_rss_self_mb()
+    print(json.dumps(out))
+    return 0
+
+
+def measure_train_rss(args: argparse.Namespace, sizes: list[int], errors: dict) -> dict:
+    """One ``--child-rss N`` per size, each with an empty feature cache: the peak RSS of a cold-cache training setup
+    at each size and its slope in MB per 1,000 images (flat memory means a slope near zero)."""
+    points, runs = {}, {}
+    for n in sizes:
+        with tempfile.TemporaryDirectory(prefix="captioner-cold-cache-") as cache, \
+                tempfile.TemporaryFile() as stdout:
+            cmd = [sys.executable, str(BENCHMARK), "--child-rss", str(n), "--data", str(args.data), "--cache-dir",
+                   cache, "--threads", str(args.threads), "--rss-val-images", str(args.rss_val_images)]
+            result = run_measured(cmd, child_env(args.threads), stdout=stdout)
+            stdout.seek(0)
+            text = stdout.read().decode()
+        if result["rc"] != 0:
+            errors[f"train_rss_{n}"] = f"child exited {result['rc']}: {result['stderr_tail']}"
+            continue
+        child = json.loads(text.strip().splitlines()[-1])
+        errors.update({f"train_rss_{n}.{k}": v for k, v in child.pop("errors").items()})
+        points[child["train_images"]] = child["peak_rss_mb"]
+        runs[str(child["train_images"])] = {"peak_rss_mb": r(child["peak_rss_mb"], 1),
+                                            "setup_s": r(child["setup_s"], 1), "child_wall_s": r(result["wall_s"], 1),
+                                            "rss_after_setup_mb": child["rss_after_setup"]}
+    return {"peak_rss_mb_train_cold": r(max(points.values()), 1) if points else None,
+            "train_rss_slope_mb_per_1000": r(rss_slope(points), 1), "train_rss_runs": runs}
