@@ -97,3 +97,42 @@ def _env() -> dict:
     import os
 
     return {k: v for k, v in os.environ.items() if k != "CAPTIONER_DEBUG"}
+
+
+def test_the_caption_command_ends_at_once_with_its_output_and_exit_code(tmp_path, monkeypatch):
+    """Run as a process (``python -m captioner``), caption skips the interpreter's teardown (cli.main.end_process)
+    once everything is written: the captions, the results file, the error line and the exit code are all there."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("CAPTIONER_CACHE", str(cache))
+    _tiny_default_export(cache)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        Image.new("RGB", (64, 48), (40 * i, 120, 200)).save(photos / f"p{i}.jpg")
+    (photos / "broken.jpg").write_bytes(b"not a photo")
+    env = {**_env(), "CAPTIONER_CACHE": str(cache)}
+    command = [sys.executable, "-m", "captioner", "caption", str(photos)]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert proc.returncode == 1 and "broken.jpg" in proc.stderr  # one bad photo: exit code 1, said on stderr
+    assert len(proc.stdout.splitlines()) == 3 and proc.stdout.endswith("\n")
+    out = tmp_path / "captions.jsonl"
+    proc = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, env=env, timeout=300,
+                          check=False)
+    assert proc.returncode == 1 and "3 captioned" in proc.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 4 and sum(row.get("caption") is not None for row in rows) == 3
+
+
+def test_the_process_is_not_ended_while_a_thread_still_works():
+    import threading
+
+    from captioner.cli.main import end_process
+
+    done = threading.Event()
+    worker = threading.Thread(target=done.wait)
+    worker.start()
+    try:
+        end_process(0)  # returns: the interpreter must wait for the thread
+    finally:
+        done.set()
+        worker.join()

@@ -47,7 +47,7 @@ def add_parser(sub) -> None:
     add_image_options(parser, bad_image_choice=False)
     add_device_option(parser)
     add_backend_option(parser)
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, exit_at_once=True)  # cli.main.end_process: no teardown of torch at the end
 
 
 def _add_library_options(parser: argparse.ArgumentParser) -> None:
