@@ -57,18 +57,24 @@ def candidates(runs: list[Path]) -> dict[str, Captioner]:
     return out
 
 
-def held_out_images(data: Path, summaries: list[dict]):
-    """The images every run held out of its training split (they must be the same ones)."""
+def holdout_draw(summaries: list[dict]) -> tuple[int, int]:
+    """The ``(--holdout, --holdout-seed)`` every run used (they must be the same)."""
     draws = {(s["train_config"]["holdout"], s["train_config"]["holdout_seed"]) for s in summaries}
     if len(draws) != 1 or not next(iter(draws))[0]:
         raise SystemExit(f"the runs must hold out the same images (--holdout N --holdout-seed S); got {draws}")
-    n, seed = draws.pop()
+    return draws.pop()
+
+
+def held_out_images(data: Path, summaries: list[dict]):
+    """The images every run held out of its training split (they must be the same ones)."""
+    n, seed = holdout_draw(summaries)
     return hold_out(load_dataset(data, "train"), n, seed)[1]
 
 
 def calibrate(model_dir: Path, args, script: str, *extra: str) -> None:
     """Run one of the calibration scripts on a model directory (same interpreter, same cache)."""
-    cmd = [sys.executable, str(HERE / script), str(model_dir), "--data", str(args.data), *extra]
+    cmd = [sys.executable, str(HERE / script), str(model_dir), "--data", str(args.data), "--holdout",
+           str(args.holdout), "--holdout-seed", str(args.holdout_seed), *extra]
     if args.cache_dir:
         cmd += ["--cache-dir", args.cache_dir]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -116,6 +122,7 @@ def main() -> int:
     args = parser.parse_args()
     summaries = [json.loads((run / "summary.json").read_text()) for run in args.runs]
     held = held_out_images(args.data, summaries)
+    args.holdout, args.holdout_seed = holdout_draw(summaries)  # the calibrations leave the same images out
     with tempfile.TemporaryDirectory() as tmp:
         probe = Path(tmp) / "probe"
         Captioner.from_pretrained(args.runs[0] / "model").save_pretrained(probe)
