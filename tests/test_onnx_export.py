@@ -281,3 +281,21 @@ def test_tf_same_padding_is_fixed_for_the_export_size(side, tmp_path):
     graph = onnx.load(str(tmp_path / "g.onnx")).graph
     assert "Shape" not in {n.op_type for n in graph.node}  # the pads no longer depend on the input's shape
     assert all("" not in n.input for n in graph.node)  # so that ONNX Runtime fuses each Pad into its Conv
+
+
+def test_caption_model_accepts_an_export_directory_and_torch_says_which_flag(tiny_exports, tmp_path, capsys):
+    """`caption --model EXPORT_DIR` used to fail with "missing model.safetensors" (issue 25, item 4)."""
+    model, exported = next(iter(tiny_exports.values()))
+    image = tmp_path / "red.png"
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(image)
+    assert main(["caption", str(image), "--model", str(exported.directory)]) == 0
+    assert capsys.readouterr().out.strip().endswith(model.caption(image).text)
+    _one_error_line(capsys, main(["caption", str(image), "--model", str(exported.directory), "--backend", "torch"]),
+                    "--backend onnxruntime")
+
+
+def test_serve_takes_max_image_pixels_like_the_other_commands():
+    from captioner.cli.main import build_parser
+
+    args = build_parser().parse_args(["serve", "--max-image-pixels", "500000000"])
+    assert args.max_image_pixels == 500_000_000
