@@ -38,17 +38,29 @@ def proc_status_mb() -> dict:
     return out
 
 
+# Linux carries a process's peak RSS across fork and exec (exec records the old address space's high-water mark), so
+# a command started straight from this process, which holds ~1-2 GB after the in-process phases, would report at
+# least that much. A small wrapper process starts the command instead and reports the peak of its only child.
+_WRAPPER = ("import resource, subprocess, sys\n"
+            "rc = subprocess.call(sys.argv[1:])\n"
+            "sys.stderr.write('\\n__peak_rss_kb__ %d\\n' % resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+            "sys.exit(rc)\n")
+
+
 def run_measured(cmd: list[str], env: dict | None = None, stdout=subprocess.DEVNULL) -> dict:
-    """Run a command as a child; its wall time, exit code, stderr tail and its own peak RSS (``os.wait4``)."""
+    """Run a command as a grandchild through a small wrapper; its wall time, exit code, stderr tail and its own peak
+    RSS (the wrapper's ``RUSAGE_CHILDREN``, free of this process's high-water mark)."""
     t0 = time.perf_counter()
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdout=stdout, stderr=err, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc = subprocess.Popen([sys.executable, "-c", _WRAPPER, *cmd], stdout=stdout, stderr=err, env=env)
+        proc.wait()
         wall = time.perf_counter() - t0
         err.seek(0)
-        tail = err.read().decode(errors="replace")[-600:]
-    return {"wall_s": wall, "rc": proc.returncode, "peak_rss_mb": usage.ru_maxrss / 1024, "stderr_tail": tail}
+        text = err.read().decode(errors="replace")
+    match = re.search(r"__peak_rss_kb__ (\d+)", text)
+    tail = re.sub(r"\n?__peak_rss_kb__ \d+\n?", "", text)[-600:]
+    return {"wall_s": wall, "rc": proc.returncode, "peak_rss_mb": int(match[1]) / 1024 if match else None,
+            "stderr_tail": tail}
 
 
 def child_env(threads: int, cache: Path | None = None) -> dict:
