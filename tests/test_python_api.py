@@ -16,7 +16,7 @@ from captioner.captions import Caption
 from captioner.generation import GenerationConfig
 from captioner.images import ImageLoadError, load_image, to_rgb
 from captioner.pipeline import Captioner
-from tests.conftest import tiny_config
+from conftest import tiny_config
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "samples" / "coffee.jpg"
 
