@@ -107,15 +107,18 @@ def test_attention_maps_follow_the_searched_captions(vocab):
 
 
 def test_guided_captions_are_read_again_with_the_searchs_weights(vocab, caplog):
-    from captioner.inspection.attention import _reread
+    from captioner.generation.guided import read_attention
 
     torch.manual_seed(1)
     config = complete_config(tiny_config(len(vocab), inject="attention", attention_dim=8), len(vocab))
     model = Captioner(config, vocab).eval()
     features = torch.randn(4, *config.feature_shape())
     plain = GenerationConfig(beam_size=3, max_length=7, return_attention=True)
-    for i, hyps in enumerate(model.caption_features(features, plain)):  # read again = as the search saw it
-        assert torch.allclose(_reread(model, features[i], hyps[0].tokens), hyps[0].attention, atol=1e-5)
+    searched = model.caption_features(features, plain)
+    with torch.inference_mode():
+        again = read_attention(model.decoder, features, model.vocab, searched)
+    for hyps, read in zip(searched, again):  # read again = as the search saw it
+        assert torch.allclose(read[0].attention, hyps[0].attention.float(), atol=1e-5)
     guided = GenerationConfig(beam_size=3, max_length=7, tags=("ball",))  # constrained search: no weights kept
     captions = [h[0] for h in model.caption_features(features, guided)]
     maps = attention_maps(model, features, guided)

@@ -18,16 +18,13 @@ many captions, by step, for the measurement in docs/ablation.md.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 
 import torch
 
 from captioner.generation import GenerationConfig
-from captioner.inspection.visualize import trace
 from captioner.pipeline import Captioner
 
-logger = logging.getLogger(__name__)
 
 PEAK_SHARE = 0.2  # a step "focuses" when its top location holds more than this share of the weight
 
@@ -100,10 +97,8 @@ def attention_maps(model: Captioner, features: torch.Tensor, config: GenerationC
     """Caption feature maps ``(N, L, C)`` with ``config`` and return each best caption's attention ``(T_i, L)``, one
     row per word (the ``<end>`` step left out), as the search saw it.
 
-    Plain searches record the weights as they go. Guided decoding's constrained search does not, so its captions are
-    read again by the decoder one word at a time (:func:`captioner.inspection.visualize.trace`), which gives the same
-    weights: a step's attention depends only on the words read before it and the image. A caption holding a tag word
-    the model's vocabulary lacks cannot be read again and is left out (logged).
+    Every search gives the weights with ``return_attention``: plain searches record them as they go, guided decoding
+    reads its captions again with the decoder it ran (:func:`captioner.generation.guided.read_attention`).
 
     Raises:
         ValueError: the model does not attend (a pooled-vector model).
@@ -111,30 +106,11 @@ def attention_maps(model: Captioner, features: torch.Tensor, config: GenerationC
     if not model.config.attention:
         raise ValueError("the model has no attention: it reads one pooled vector per image")
     config = dataclasses.replace(config, return_attention=True, n_best=1)
-    maps, unread = [], 0
+    maps = []
     for start in range(0, features.shape[0], batch_size):
-        batch = features[start: start + batch_size]
-        for i, hyps in enumerate(model.caption_features(batch, config)):
-            weights = hyps[0].attention if hyps[0].attention is not None else _reread(model, batch[i], hyps[0].tokens)
-            if weights is None:
-                unread += 1
-            else:
-                maps.append(weights.float())
-    if unread:
-        logger.warning("%d of %d captions hold a tag word outside the model's vocabulary: left out of the attention "
-                       "maps", unread, features.shape[0])
+        maps += [hyps[0].attention.float() for hyps in model.caption_features(features[start: start + batch_size],
+                                                                              config)]
     return maps
-
-
-def _reread(model: Captioner, features: torch.Tensor, tokens: list[int]) -> torch.Tensor | None:
-    """The attention ``(T, L)`` of one image's caption (``features`` ``(L, C)``), read again word by word; None when
-    a token is outside the model's vocabulary."""
-    if any(t >= len(model.vocab) for t in tokens):
-        return None
-    if not tokens:
-        return torch.zeros(0, features.shape[0])
-    inputs = [model.vocab.start_id] + list(tokens[:-1])
-    return trace(model, features.unsqueeze(0).float(), inputs).attention
 
 
 def _by_step(maps: list[torch.Tensor], min_captions: int, peak_share: float) -> dict[str, list]:
