@@ -161,3 +161,16 @@ def kill_when_logged(argv: list[str], log: Path, step: int, timeout: float = 240
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def write_log(run: Path, rows: list[dict]) -> None:
+    """A run directory holding ``log.csv`` with ``rows`` (as ``captioner train`` writes it)."""
+    import csv
+
+    from captioner.training.state import LOG_FIELDS
+
+    run.mkdir(parents=True, exist_ok=True)
+    with open(run / "log.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)

@@ -3,7 +3,6 @@ of log.csv are markers, so the line no longer jumps at every epoch's end."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
@@ -11,18 +10,9 @@ import pytest
 matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from conftest import write_log
 
 from captioner.inspection.plots import plot_run
-
-
-def _write_log(run: Path, rows: list[dict]) -> None:
-    from captioner.training.state import LOG_FIELDS
-
-    run.mkdir(parents=True, exist_ok=True)
-    with open(run / "log.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _loss_lines(monkeypatch, run: Path, out: Path) -> dict[str, tuple[list, list, str]]:
@@ -44,7 +34,7 @@ def test_plot_step_line_leaves_out_the_epoch_means(tmp_path, monkeypatch, steps_
         rows += step_rows[-steps_logged:]
         rows.append({"step": epoch * steps_logged, "epoch": epoch, "loss": 9.0 + epoch, "lr": 1e-3,
                      "val_loss": 3.0, "val_bleu4": 0.1, "val_cider": 0.2, "elapsed_s": 10.0})
-    _write_log(tmp_path / "run", rows)
+    write_log(tmp_path / "run", rows)
     lines = _loss_lines(monkeypatch, tmp_path / "run", tmp_path / "plots")
     drawn = [(label, x, y) for label, (x, y, style) in lines.items() if style not in ("None", "none", "")]
     step_lines = [(label, x, y) for label, x, y in drawn if label.startswith("training loss")]
@@ -58,6 +48,6 @@ def test_plot_step_line_leaves_out_the_epoch_means(tmp_path, monkeypatch, steps_
 
 def test_plot_a_log_with_epoch_rows_only(tmp_path, monkeypatch):
     rows = [{"step": 50 * e, "epoch": e, "loss": 4.0 - e / 10, "lr": 1e-3, "elapsed_s": 10.0} for e in (1, 2)]
-    _write_log(tmp_path / "run", rows)
+    write_log(tmp_path / "run", rows)
     lines = _loss_lines(monkeypatch, tmp_path / "run", tmp_path / "plots")
     assert list(lines) == ["training loss (mean over the epoch)"]

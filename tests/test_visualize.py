@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import tiny_config, write_log
 from PIL import Image
 
 from captioner.cli.main import main
@@ -123,13 +123,7 @@ def test_image_mean_is_saved_loaded_and_a_wrong_one_ignored(tiny_model, tmp_path
 
 
 def _write_log(run: Path, rows: list[dict]) -> None:
-    from captioner.training.state import LOG_FIELDS
-
-    run.mkdir(parents=True, exist_ok=True)
-    with open(run / "log.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_log(run, rows)
     (run / "train_config.json").write_text(json.dumps({"clip_norm": 5.0}))
 
 
