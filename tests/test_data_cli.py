@@ -90,7 +90,7 @@ def test_features_fills_the_cache_that_training_reads(flickr_mini, tmp_path, cap
     assert main(["train", "--data", str(flickr_mini), "--out", str(tmp_path / "run"), "--dry-run", "--min-count", "1",
                  "--inject", "attention", "--cache-dir", str(cache)]) == 0
     with_vectors = ["train", "--data", str(flickr_mini), "--out", str(tmp_path / "run2"), "--dry-run", "--min-count",
-                    "1", "--cache-dir", str(cache)]
+                    "1", "--inject", "every_step", "--cache-dir", str(cache)]
     capsys.readouterr()
     assert main(with_vectors) != 0  # pooled vectors have another cache key: nothing was cached for them
     assert "should have held" in capsys.readouterr().err

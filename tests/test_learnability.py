@@ -23,7 +23,8 @@ def test_small_model_captions_held_out_shapes_exactly(shapes_12, tmp_path, injec
     from captioner.training.loop import train
 
     cfg = TrainConfig(data=str(shapes_12), out=str(tmp_path / "run"), epochs=40, batch_size=16, lr=1e-2,
-                      min_count=1, seed=0, select_by="loss", batch_by_image=inject == "attention")
+                      min_count=1, seed=0, select_by="loss", batch_by_image=inject == "attention",
+                      schedule="constant", patience=0)
     model_cfg = tiny_config(4, embed_dim=32, image_proj_dim=32, hidden_dim=64, inject=inject, attention_dim=32)
     result = train(cfg, model_cfg)
     model = Captioner.from_pretrained(result.model_dir)

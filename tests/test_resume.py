@@ -85,4 +85,19 @@ def test_resume_needs_a_state_and_refuses_changed_data(wordy_shapes, tmp_path, c
     assert main(args) == 1  # an earlier run is never overwritten silently
     assert "--resume" in capsys.readouterr().err
     assert main([*args, "--resume", "--min-count", "200"]) == 1  # another vocabulary: not the same run
-    assert "vocabulary differs" in capsys.readouterr().err
+    assert "min_count=1 (now 200)" in capsys.readouterr().err
+
+
+def test_resume_with_other_settings_names_each_and_loads_nothing(wordy_shapes, tmp_path, capsys):
+    """A run started with other options (or with an older version's defaults) is not resumed with today's: the
+    error names the settings, before any weight is loaded into a model of another shape."""
+    args = _args(wordy_shapes, tmp_path / "run")
+    args[args.index("--epochs") + 1] = "1"
+    assert main(args) == 0
+    capsys.readouterr()
+    changed = [*args, "--resume", "--lr", "0.05", "--hidden-dim", "64"]
+    assert main(changed) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the run's one-line plan
+    assert err.startswith("error:") and "Traceback" not in err
+    assert "lr=0.001 (now 0.05)" in err and "hidden_dim=256 (now 64)" in err and "train_config.json" in err
+    assert main([*args, "--resume", "--save-every", "0", "--threads", "1"]) == 0  # where and how: may change

@@ -138,8 +138,8 @@ def test_image_batches_hold_whole_images_and_every_caption_once():
 def test_attention_training_dry_run_keeps_the_last_epochs(flickr_mini, tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["train", "--data", str(flickr_mini), "--out", str(out), "--dry-run", "--min-count", "1",
-                 "--inject", "attention", "--batch-by-image", "--attention-reg", "0.5", "--keep-epochs", "1",
-                 "--scst-epochs", "1", "--hidden-dim", "32", "--attention-dim", "16"])
+                 "--encoder", "efficientnet_lite0", "--inject", "attention", "--batch-by-image", "--attention-reg",
+                 "0.5", "--keep-epochs", "1", "--scst-epochs", "1", "--hidden-dim", "32", "--attention-dim", "16"])
     assert code == 0, capsys.readouterr().err
     model = Captioner.from_pretrained(out / "model")
     assert model.config.inject == "attention" and model.config.feature_locations == 49  # lite0: 7x7 at 224 px
@@ -149,8 +149,8 @@ def test_attention_training_dry_run_keeps_the_last_epochs(flickr_mini, tmp_path,
 
 
 def test_attention_options_need_an_attention_model(flickr_mini, tmp_path, capsys):
-    code = main(["train", "--data", str(flickr_mini), "--out", str(tmp_path / "r"), "--dry-run", "--attention-reg",
-                 "1"])
+    code = main(["train", "--data", str(flickr_mini), "--out", str(tmp_path / "r"), "--dry-run", "--inject",
+                 "every_step", "--attention-reg", "1"])
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "--inject attention" in err
 
@@ -170,6 +170,7 @@ def test_image_size_sees_the_whole_image_and_is_recorded(shapes_dataset, tmp_pat
     default = Captioner.from_pretrained(out / "model")
     default.config.preprocess = get_spec(model.config.encoder).preprocess  # what train gives without --image-size
     assert encoder_cache_key(model) != encoder_cache_key(default)  # its features are cached apart
+    capsys.readouterr()  # the training run's plan and epoch lines
     code = main(["finetune", "--from", str(out / "model"), "--data", str(shapes_dataset), "--out", str(tmp_path / "f"),
                  "--image-size", "200"])
     err = capsys.readouterr().err

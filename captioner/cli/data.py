@@ -82,6 +82,7 @@ def _add_subset_parser(actions) -> None:
 
 def _add_features_parser(actions) -> None:
     from captioner.config import POOLINGS
+    from captioner.training.config import RECIPE_MODEL  # train's defaults: what its runs will read
 
     features = actions.add_parser(
         "features", help="encode a dataset's images into the feature cache once, for several training runs",
@@ -90,10 +91,12 @@ def _add_features_parser(actions) -> None:
         "find every image encoded. Images already cached are skipped; unreadable ones are counted and reported.")
     _source_options(features)
     features.add_argument("--splits", default="train,val", help="comma-separated splits (default: train,val)")
-    features.add_argument("--encoder", default="efficientnet_lite0", help="encoder name (default: efficientnet_lite0)")
-    features.add_argument("--map", action="store_true",
-                          help="cache the unpooled feature maps that `train --inject attention` reads (float16) "
-                          "instead of pooled vectors")
+    encoder, maps = RECIPE_MODEL["encoder"], RECIPE_MODEL["inject"] == "attention"
+    features.add_argument("--encoder", default=encoder, help=f"encoder name (default: {encoder}, as `train`'s)")
+    features.add_argument("--map", action=argparse.BooleanOptionalAction, default=maps,
+                          help="cache the unpooled feature maps that `train --inject attention` reads (float16); "
+                          "--no-map: the pooled vectors of the other --inject modes (default: "
+                          f"{'maps' if maps else 'vectors'}, as `train`'s)")
     features.add_argument("--pooling", choices=POOLINGS, default="avg", help="pooling of the vectors (default: avg)")
     features.add_argument("--image-size", type=non_negative_int, default=0, metavar="N",
                           help="as `train --image-size` (default: 0, the encoder's own preprocessing)")

@@ -1,14 +1,19 @@
 """``captioner train``: train a captioner on a dataset (the frozen encoder's features are cached).
 
-The run options (data, schedule, checkpoints, freezing) are shared with ``captioner finetune``.
+The run options (data, schedule, checkpoints, freezing) are shared with ``captioner finetune``. Their defaults are
+the recipe of the shipped default model: ``TrainConfig``'s defaults, and the architecture options' from
+``captioner.training.config.recipe_model_config()`` (``ModelConfig`` with the recipe's fields). While it trains, a
+progress bar per epoch (on a terminal) and one line per epoch go to stderr, unless ``--quiet``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from captioner.cli.common import (
@@ -22,21 +27,23 @@ from captioner.cli.common import (
     non_negative_int,
     positive_int,
 )
-from captioner.cli.options import add_field, fields_of
+from captioner.cli.options import add_field, fields_of, show
 
 
 def add_parser(sub) -> None:
-    from captioner.config import ATTENTION_INITS, CELL_TYPES, INJECT_MODES, POOLINGS, ModelConfig
-    from captioner.training.config import TrainConfig
+    from captioner.config import ATTENTION_INITS, CELL_TYPES, INJECT_MODES, POOLINGS
+    from captioner.training.config import TrainConfig, recipe_model_config
 
     parser = sub.add_parser(
         "train", help="train a model on a caption dataset",
         description="Train a decoder on a frozen pretrained encoder. Writes OUT/model (best model directory), "
         "OUT/log.csv (step/epoch/loss/validation metrics), OUT/summary.json and OUT/training_state.pt (for "
-        "--resume).",
+        "--resume). The defaults are the recipe that made the shipped default model (Lite2 feature maps, an "
+        "attention LSTM, Adam 1e-3 with a cosine schedule, the epoch with the best validation CIDEr-D kept); a "
+        "progress bar and one line per epoch go to stderr unless --quiet.",
     )
     add_run_options(parser, TrainConfig())
-    arch, m = parser.add_argument_group("architecture"), ModelConfig()
+    arch, m = parser.add_argument_group("architecture (default: the shipped model's recipe)"), recipe_model_config()
     add_field(arch, m, "encoder", help="image encoder (also efficientnet_lite1/2, resnet18/50/101/152, "
               "efficientnet_b0, mobilenet_v3_large)")
     add_field(arch, m, "pooling", choices=POOLINGS, help="image vector from the encoder's feature map: avg (spatial "
@@ -70,8 +77,15 @@ def add_run_options(parser: argparse.ArgumentParser, defaults) -> None:
     _checkpoint_options(parser, defaults)
     _machine_options(parser, defaults)
     add_image_options(parser)
+    add_field(parser, defaults, "progress", "--quiet", action="store_false", show_default=False,
+              help="no progress bar and no per-epoch lines on stderr, only warnings and errors (default: a bar per "
+              "epoch when stderr is a terminal, and one line per epoch with the validation figures)")
     add_field(parser, defaults, "dry_run", action="store_true", show_default=False,
               help="a couple of batches of everything on a few images, to check the wiring in seconds")
+
+
+def _epochs(text: str) -> int | None:
+    return None if text.lower() == "auto" else non_negative_int(text)
 
 
 def _split_or_none(text: str) -> str | None:
@@ -101,9 +115,10 @@ def _data_options(parser: argparse.ArgumentParser, d) -> None:
     add_field(parser, d, "flip_features", action="store_true", show_default=False, help="augment: also cache the "
               "vectors of the mirrored training images and train on the original or the mirror image with equal "
               "chance at each step (default: off)")
-    add_field(parser, d, "batch_by_image", action="store_true", show_default=False, help="batches of whole images "
-              "(all their captions together, about --batch-size captions), so each image's features are projected "
-              "once per step: much faster for attention models (default: captions batched by length)")
+    add_field(parser, d, "batch_by_image", action=argparse.BooleanOptionalAction, show_default=False,
+              help="batches of whole images (all their captions together, about --batch-size captions), so each "
+              "image's features are projected once per step: much faster for attention models; --no-batch-by-image "
+              f"batches captions by length across images (default: {show(d.batch_by_image)})")
     add_field(parser, d, "image_size", type=non_negative_int, metavar="N", help="resize each image's shorter side to "
               "N and center-crop N x N, so a square image is seen whole (0: the encoder's own preprocessing, whose "
               "crop cuts the borders off)")
@@ -112,8 +127,12 @@ def _data_options(parser: argparse.ArgumentParser, d) -> None:
 def _schedule_options(parser: argparse.ArgumentParser, d) -> None:
     from captioner.training.config import SCHEDULES, SELECT_BY
 
-    add_field(parser, d, "epochs", type=non_negative_int,
-              help="cross-entropy passes over the captions; 0 with --scst-epochs: self-critical training only")
+    auto = "auto" if d.epochs is None else show(d.epochs)
+    add_field(parser, d, "epochs", type=_epochs, show_default=False, help="cross-entropy passes over the captions; "
+              "0 with --scst-epochs: self-critical training only; auto: enough epochs for --steps optimiser steps, "
+              f"at most --max-epochs (default: {auto})")
+    add_field(parser, d, "steps", type=positive_int, help="with --epochs auto: the budget in optimiser steps")
+    add_field(parser, d, "max_epochs", type=positive_int, help="with --epochs auto: the most epochs it may take")
     add_field(parser, d, "batch_size", type=positive_int, help="captions per step")
     add_field(parser, d, "lr", type=non_negative_float, help="Adam learning rate")
     add_field(parser, d, "schedule", choices=SCHEDULES, help="learning-rate schedule: constant, cosine (to 0 at the "
@@ -121,7 +140,8 @@ def _schedule_options(parser: argparse.ArgumentParser, d) -> None:
     add_field(parser, d, "warmup_steps", type=non_negative_int, help="linear warm-up steps")
     add_field(parser, d, "clip_norm", type=non_negative_float, help="clip the global gradient norm to this; 0 disables")
     add_field(parser, d, "select_by", choices=SELECT_BY, help="validation figure that picks the saved model: CIDEr-D "
-              "or BLEU-4 (coco-caption's) of greedy captions, or the loss")
+              "or BLEU-4 (coco-caption's) of greedy captions, or the loss; where the figure is about zero or tied "
+              "(tiny validation sets) the loss decides, and summary.json says so")
     add_field(parser, d, "patience", type=non_negative_int,
               help="stop after K epochs without a better --select-by figure; 0 never stops early")
     add_field(parser, d, "label_smoothing", type=bounded(float, 0.0), help="cross-entropy label smoothing")
@@ -271,8 +291,38 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise CliError(str(err), code=2) from None
     cfg = train_config(args)
-    result = run_training(lambda: train(cfg, model_cfg, resume=args.resume))
+    with epoch_lines(args):
+        result = run_training(lambda: train(cfg, model_cfg, resume=args.resume))
     if from_env().is_main:  # one line for a torchrun job, not one per process
-        best = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best.items())
-        print(f"best model: {result.model_dir} ({best})")
+        print(f"best model: {result.model_dir} ({best_figures(result.best)})")
     return 0
+
+
+def best_figures(best: dict) -> str:
+    """The best epoch's row in one line (without the selection's wording, which summary.json keeps)."""
+    return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in best.items()
+                     if k != "selection")
+
+
+@contextlib.contextmanager
+def epoch_lines(args: argparse.Namespace) -> Iterator[None]:
+    """Show the training loop's plan and epoch lines (``captioner.training.report.EPOCH_LOG``, INFO) on stderr as
+    plain lines, like the CLI's other status lines, unless ``--quiet``; with ``-v`` they are not shown twice."""
+    from captioner.training.report import EPOCH_LOG
+
+    if not args.progress:
+        yield
+        return
+    log = logging.getLogger(EPOCH_LOG)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    level, propagate = log.level, log.propagate
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+        log.propagate = propagate

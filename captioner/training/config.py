@@ -1,15 +1,36 @@
 """A training run's settings: :class:`TrainConfig` (written to ``train_config.json`` in every run directory, so a
 run can be reproduced from its own files) and :class:`FinetuneConfig` (what fine-tuning adds). Nothing here imports
 torch; the command-line options of ``captioner train`` and ``finetune`` are built from these fields.
+
+The defaults are the recipe that made the shipped default model (``scripts/train_default.sh``, docs/ablation.md §4):
+``TrainConfig``'s own defaults for the schedule, and :data:`RECIPE_MODEL` for the architecture that ``captioner
+train`` builds when no option says otherwise. ``ModelConfig``'s own defaults are not the recipe: they are what
+``config.json`` files written before a field existed are read with, so they never change.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from captioner.config import DEVICES
+from captioner.config import DEVICES, ModelConfig
 
 SELECT_BY = ("cider", "bleu4", "loss")
+
+NEAR_ZERO = 1e-4  # a BLEU-4 or CIDEr-D below this says nothing (no 4-gram matched): the validation loss decides
+TIE = 1e-4  # two epochs whose BLEU-4 or CIDEr-D differ by no more than this are tied: the validation loss decides
+
+# The architecture of the recipe that made the shipped default (scripts/train_default.sh): what `captioner train`
+# builds when no option says otherwise. ModelConfig's own defaults stay those old config.json files are read with.
+RECIPE_MODEL = {"encoder": "efficientnet_lite2", "inject": "attention", "attention_dim": 256, "attention_init": "mean",
+                "attention_gate": True, "embed_dim": 256, "hidden_dim": 512, "image_proj_dim": 256, "dropout": 0.5,
+                "cell": "lstm", "num_layers": 1, "pooling": "avg"}
+
+
+def recipe_model_config() -> ModelConfig:
+    """The architecture ``captioner train`` (and :func:`captioner.training.loop.train` without one) builds:
+    ``ModelConfig`` with :data:`RECIPE_MODEL`, the shipped default's recipe (vocabulary and encoder widths are
+    filled in when the model is built)."""
+    return ModelConfig(**RECIPE_MODEL)
 
 
 SCHEDULES = ("constant", "cosine", "plateau")
@@ -32,7 +53,11 @@ class TrainConfig:
         out: run directory (best model in ``out/model``, log in ``out/log.csv``).
         train_split: split trained on.
         val_split: split validated on every epoch (None: no validation).
-        epochs: passes over the training captions.
+        epochs: passes over the training captions (cross-entropy); None: as many as ``steps`` optimiser steps
+            take, at least one and at most ``max_epochs`` (fine-tuning's default, so a small data set gets enough
+            steps and a large one is not passed over many times).
+        steps: with ``epochs`` None, the cross-entropy budget in optimiser steps.
+        max_epochs: with ``epochs`` None, the most epochs the budget may take (validation runs after each).
         batch_size: captions per optimisation step.
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
@@ -62,7 +87,9 @@ class TrainConfig:
         keep_epochs: also write each of the last K epochs' models to ``out/epochs/NNN`` (for checkpoint averaging
             with ``captioner ensemble --average``; 0: keep only the best model).
         val_max_length: maximum generated length during validation.
-        select_by: ``cider``, ``bleu4`` or ``loss``: which validation figure picks the saved best model.
+        select_by: ``cider``, ``bleu4`` or ``loss``: which validation figure picks the saved best model. When the
+            figure is about zero (below :data:`NEAR_ZERO`, e.g. BLEU-4 on a tiny validation set) or tied within
+            :data:`TIE` with the best epoch's, the lower validation loss decides; ``summary.json`` records which.
         cache_dir: feature-cache directory (None: the user cache directory).
         num_threads: torch CPU threads (0: torch's default).
         on_bad_image: ``skip`` unreadable images with a warning that counts them, or ``error``.
@@ -88,6 +115,7 @@ class TrainConfig:
         scst_lr: learning rate of the self-critical epochs (constant).
         scst_samples: captions sampled per image; each one's baseline is the mean reward of the others.
         scst_batch_size: images per self-critical step (``scst_batch_size * scst_samples`` sampled captions).
+        progress: show a progress bar per epoch on stderr when stderr is a terminal (``--quiet`` turns it off).
         dry_run: run two batches of everything, for smoke tests.
         command: the command line that started the run (recorded in the model card).
     """
@@ -98,9 +126,11 @@ class TrainConfig:
     out: str = "runs/latest"
     train_split: str = "train"
     val_split: str | None = "val"
-    epochs: int = 10
+    epochs: int | None = 8
+    steps: int = 300
+    max_epochs: int = 40
     batch_size: int = 128
-    lr: float = 4e-4
+    lr: float = 1e-3
     weight_decay: float = 0.0
     clip_norm: float = 5.0
     min_count: int = 5
@@ -113,18 +143,18 @@ class TrainConfig:
     label_smoothing: float = 0.0
     flip_features: bool = False
     tensorboard: bool = False
-    batch_by_image: bool = False
+    batch_by_image: bool = True
     image_size: int = 0
     attention_reg: float = 0.0
     keep_epochs: int = 0
     val_max_length: int = 20
-    select_by: str = "bleu4"
+    select_by: str = "cider"
     cache_dir: str | None = None
     num_threads: int = 0
     on_bad_image: str = "skip"
-    schedule: str = "constant"
+    schedule: str = "cosine"
     warmup_steps: int = 0
-    patience: int = 0
+    patience: int = 3
     log_every: int = 50
     save_every: int = 0
     max_nonfinite_steps: int = 5
@@ -139,6 +169,7 @@ class TrainConfig:
     scst_lr: float = 5e-5
     scst_samples: int = 5
     scst_batch_size: int = 50
+    progress: bool = True
     dry_run: bool = False
     command: str = ""
 
@@ -153,7 +184,9 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.epochs < 0 or self.epochs + self.scst_epochs < 1:
+        if self.steps < 1 or self.max_epochs < 1:
+            raise ValueError(f"steps ({self.steps}) and max_epochs ({self.max_epochs}) must be at least 1")
+        if self.epochs is not None and (self.epochs < 0 or self.epochs + self.scst_epochs < 1):
             raise ValueError(f"nothing to train: epochs {self.epochs} and scst_epochs {self.scst_epochs}; train at "
                              "least 1 epoch (--epochs 0 only makes sense with --scst-epochs)")
         if self.scst_epochs < 0 or self.scst_samples < 2 or self.scst_batch_size < 1:
@@ -192,10 +225,20 @@ class FinetuneConfig:
     eval_max_images: int = 0
 
 
-FINETUNE_OVERRIDES = {"epochs": 5, "lr": 1e-4}  # fine-tuning's own defaults for these TrainConfig fields
+# fine-tuning's own defaults for these TrainConfig fields: a budget in optimiser steps rather than epochs (docs/
+# ablation.md, "Fine-tuning defaults")
+FINETUNE_OVERRIDES = {"epochs": None, "lr": 1e-3, "warmup_steps": 20, "patience": 10}
 
 
 def finetune_defaults() -> TrainConfig:
     """The ``TrainConfig`` defaults of a fine-tuning run (``captioner finetune``): ``TrainConfig``'s, with
     :data:`FINETUNE_OVERRIDES`."""
     return TrainConfig(**FINETUNE_OVERRIDES)
+
+
+def planned_epochs(cfg: TrainConfig, batches_per_epoch: int) -> int:
+    """The cross-entropy epochs a run takes: ``cfg.epochs``, or with ``epochs`` None enough epochs of
+    ``batches_per_epoch`` steps for ``cfg.steps`` steps, at least one and at most ``cfg.max_epochs``."""
+    if cfg.epochs is not None:
+        return cfg.epochs
+    return min(cfg.max_epochs, max(1, -(-cfg.steps // max(batches_per_epoch, 1))))

@@ -13,6 +13,7 @@ Run directory: ``train_config.json``, ``model_config.json``, ``log.csv``, ``summ
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -34,11 +35,11 @@ from captioner.models.factory import complete_config
 from captioner.pipeline import Captioner
 from captioner.training import distributed, scst
 from captioner.training.checkpoints import load_training_state
-from captioner.training.config import TrainConfig
+from captioner.training.config import TrainConfig, planned_epochs, recipe_model_config
 from captioner.training.logs import CsvLog, NoLog
 from captioner.training.optim import build_optimizer, build_scheduler, set_trainable
-from captioner.training.report import fmt_row, model_card, run_summary
-from captioner.training.resume import restore, save_state
+from captioner.training.report import EPOCH_LOG, epoch_line, fmt_row, model_card, plan_line, run_summary
+from captioner.training.resume import check_same_settings, restore, save_state
 from captioner.training.splits import Split, load_splits, prepare_split
 from captioner.training.state import (
     DRY_RUN_BATCHES,
@@ -53,11 +54,12 @@ from captioner.training.state import (
     total_epochs,
     xe_epochs,
 )
-from captioner.training.validation import is_better, validate
+from captioner.training.validation import Choice, compare, validate
 from captioner.training.xe import train_mode, xe_step
 from captioner.vocab import Vocabulary
 
 logger = logging.getLogger(__name__)
+epoch_logger = logging.getLogger(EPOCH_LOG)  # the plan and one line per epoch (the CLI shows them unless --quiet)
 
 
 def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, resume: bool = False) -> TrainResult:
@@ -65,13 +67,14 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, resume: bool =
 
     Args:
         cfg: training settings.
-        model_cfg: architecture (vocabulary size and encoder fields are filled in here).
+        model_cfg: architecture (vocabulary size and encoder fields are filled in here); None: the shipped
+            default's recipe (:func:`captioner.training.config.recipe_model_config`).
         resume: continue the run in ``cfg.out`` from its ``training_state.pt``.
     """
     seed_everything(cfg.seed)
     train_set, val_set = load_splits(cfg)
     vocab = Vocabulary.build(train_set.captions(), cfg.min_count)
-    model = Captioner(complete_config(model_cfg or ModelConfig(), len(vocab), cfg.image_size), vocab)
+    model = Captioner(complete_config(model_cfg or recipe_model_config(), len(vocab), cfg.image_size), vocab)
     return fit(model, cfg, train_set, val_set, resume=resume)
 
 
@@ -99,15 +102,17 @@ def fit(model: Captioner, cfg: TrainConfig, train_set: CaptionSet, val_set: Capt
     joined = ctx.active and not torch.distributed.is_initialized()
     run = build_run(model, cfg, out, train_set, val_set, card_extra or [], ctx)
     if resume:
+        check_same_settings(out, run.cfg, model.config)
         restore(run, load_training_state(out))
     elif ctx.is_main:
-        to_json(cfg, out / "train_config.json")
+        to_json(run.cfg, out / "train_config.json")  # with the epochs planned (epochs None: from the step budget)
         to_json(model.config, out / "model_config.json")
     _loop(run)
     run.timings["total_s"] = time.perf_counter() - start
     result = TrainResult(out / "model", run.progress.best, run.progress.history, run.timings)
     if ctx.is_main:
-        atomic_write_text(out / "summary.json", json.dumps(run_summary(result, cfg, model.vocab), indent=2) + "\n")
+        summary = run_summary(result, run.cfg, model.vocab)
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     if joined:
         distributed.teardown(ctx)
     return result
@@ -140,14 +145,17 @@ def build_run(model: Captioner, cfg: TrainConfig, out: Path, train_set: CaptionS
     seed_everything(cfg.seed + 1)  # building the encoder on a cache miss draws random numbers: reseed after it
     optimizer = build_optimizer(model, trainable, cfg)
     batches = len(xe_batches(train_split, cfg, torch.Generator()))
-    epochs = xe_epochs(cfg)
-    scheduler = build_scheduler(optimizer, cfg, epochs * (min(batches, DRY_RUN_BATCHES) if cfg.dry_run else batches))
+    auto, cfg = cfg.epochs is None, dataclasses.replace(cfg, epochs=planned_epochs(cfg, batches))
+    batches = min(batches, DRY_RUN_BATCHES) if cfg.dry_run else batches
+    scheduler = build_scheduler(optimizer, cfg, xe_epochs(cfg) * batches)
     amp_dtype = autocast_dtype(cfg.precision, device)
     run = Run(model, cfg, out, train_split, val_split, trainable, optimizer, scheduler,
               grad_scaler(amp_dtype, device), device, card_extra, amp_dtype=amp_dtype, dist=ctx,
               net=distributed.wrap(ctx, model.decoder, device),
               loss_fn=nn.CrossEntropyLoss(ignore_index=model.vocab.pad_id, label_smoothing=cfg.label_smoothing))
     run.timings["features_s"] = time.perf_counter() - t0
+    if ctx.is_main:
+        epoch_logger.info(plan_line(cfg, batches, train_split, val_split, auto))
     return run
 
 
@@ -212,7 +220,8 @@ def _train_epoch(run: Run, log: CsvLog) -> float:
     total, count = 0.0, 0
     todo = batches[progress.batch :]
     # disable=None: no bar when stderr is not a terminal (a log file would get one line per batch)
-    bar = tqdm(todo, desc=label, unit="batch", leave=False, disable=None if run.dist.is_main else True)
+    bar = tqdm(todo, desc=label, unit="batch", leave=False,
+               disable=None if run.dist.is_main and cfg.progress else True)
     for batch in bar:
         value, norm, extra = step(batch)
         progress.batch, progress.step = progress.batch + 1, progress.step + 1
@@ -235,13 +244,14 @@ def _end_epoch(run: Run, log: CsvLog, train_loss: float, seconds: float) -> bool
     row["elapsed_s"] = seconds
     log.write(**row)
     progress.history.append(row)
-    logger.info("epoch %d: %s", progress.epoch, fmt_row(row))
     if cfg.keep_epochs and run.dist.is_main:
         keep_epoch_model(run, row)
-    if is_better(row, progress.best, cfg.select_by, run.val is not None):
-        progress.best, progress.bad_epochs = dict(row), 0
+    choice = compare(row, progress.best, cfg.select_by, run.val is not None)
+    _report_epoch(run, row, choice)
+    if choice.better:
+        progress.best, progress.bad_epochs = {**row, "selected_by": choice.by, "selection": choice.reason}, 0
         if run.dist.is_main:
-            run.model.save_pretrained(run.out / "model", card=model_card(run, row))
+            run.model.save_pretrained(run.out / "model", card=model_card(run, progress.best))
     else:
         progress.bad_epochs += 1
     scst_phase = is_scst(cfg, progress.epoch)
@@ -255,6 +265,15 @@ def _end_epoch(run: Run, log: CsvLog, train_loss: float, seconds: float) -> bool
             progress.epoch, stop = xe_epochs(cfg) + 1, False
     save_state(run)
     return stop
+
+
+def _report_epoch(run: Run, row: dict, choice: Choice) -> None:
+    """The epoch's line (the CLI's, on stderr) and the log's details (``-v``)."""
+    if not run.dist.is_main:
+        return
+    epoch_logger.info(epoch_line(row, total_epochs(run.cfg), is_scst(run.cfg, row["epoch"]), choice))
+    logger.info("epoch %d: %s; %s by %s", row["epoch"], fmt_row(row), "kept" if choice.better else "not kept",
+                choice.reason)
 
 
 def keep_epoch_model(run: Run, row: dict) -> None:

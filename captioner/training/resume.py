@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -13,6 +14,12 @@ from captioner.training.state import Run
 logger = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
+
+# settings a resumed run may change: where things are, how it reports, what it runs on; every other setting (the
+# schedule, the data's use, the architecture) must be the one the run was started with
+MAY_CHANGE = frozenset({"out", "data", "images", "cache_dir", "num_threads", "device", "log_every", "save_every",
+                        "keep_checkpoints", "tensorboard", "progress", "command", "on_bad_image",
+                        "max_nonfinite_steps", "dry_run"})
 
 
 def save_state(run: Run) -> None:
@@ -32,6 +39,29 @@ def save_state(run: Run) -> None:
         "rng": rng_state(),
     }
     save_training_state(run.out, state, run.progress.step, run.cfg.keep_checkpoints)
+
+
+def check_same_settings(out: Path, cfg, model_config) -> None:
+    """Refuse to resume a run with settings other than those it was started with (``train_config.json`` and
+    ``model_config.json`` in ``out``), naming each one that differs; a default that changed between versions is
+    caught here rather than as a shape error deep in the weights.
+
+    Raises:
+        ValueError: a setting differs.
+    """
+    differ = []
+    for name, now in (("train_config.json", cfg), ("model_config.json", model_config)):
+        path = out / name
+        if not path.exists():
+            continue
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        current = json.loads(json.dumps(dataclasses.asdict(now)))
+        differ += [f"{key}={saved[key]!r} (now {current[key]!r})" for key in sorted(saved)
+                   if key in current and key not in MAY_CHANGE and saved[key] != current[key]]
+    if differ:
+        raise ValueError(f"{out}: the run was started with other settings: {', '.join(differ[:6])}; resume with the "
+                         f"options it was started with (they are in {out}/train_config.json and model_config.json), "
+                         "or start a new --out")
 
 
 def restore(run: Run, state: dict) -> None:

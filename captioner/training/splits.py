@@ -124,9 +124,11 @@ def prepare_split(model: Captioner, data: CaptionSet, cfg: TrainConfig, live: bo
             except ImageLoadError as err:
                 failed[i] = str(err)
     else:
-        feats, failed = image_features(model, paths, cache_dir=cfg.cache_dir, lazy=True)  # read batch by batch
+        # read batch by batch; images not cached yet are encoded under a progress bar (on a terminal, unless quiet)
+        feats, failed = image_features(model, paths, cache_dir=cfg.cache_dir, lazy=True, progress=cfg.progress)
         if training and cfg.flip_features:
-            flipped, _ = image_features(model, paths, cache_dir=cfg.cache_dir, mirror=True, lazy=True)
+            flipped, _ = image_features(model, paths, cache_dir=cfg.cache_dir, mirror=True, lazy=True,
+                                        progress=cfg.progress)
     report_bad_images(data, {str(data.items[i].path): reason for i, reason in failed.items()}, cfg.on_bad_image)
     index, captions = caption_pairs(data, model.vocab, cfg.max_caption_len, skip=set(failed))
     if not captions:

@@ -105,7 +105,7 @@ def test_a_broken_model_directory_is_refused_in_one_line(case, good, tmp_path, c
 def test_a_hostile_resume_state_is_refused_and_not_unpickled(kind, shapes_dataset, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "--data", str(shapes_dataset), "--out", str(out), "--epochs", "1", "--embed-dim", "8",
-            "--hidden-dim", "8", "--image-proj-dim", "8", "--cache-dir", str(tmp_path / "cache")]
+            "--hidden-dim", "8", "--image-proj-dim", "8", "--cache-dir", str(tmp_path / "cache"), "--quiet"]
     assert main(args) == 0
     Payload.marker = tmp_path / "unpickled"
     state = out / "training_state.pt"

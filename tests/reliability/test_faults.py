@@ -31,7 +31,8 @@ def data(shapes_dataset, tmp_path_factory):
 def _args(data: Path, out: Path, cache: Path, *extra: str) -> list[str]:
     return ["train", "--data", str(data), "--out", str(out), "--epochs", "3", "--batch-size", "8", "--min-count", "1",
             "--embed-dim", "16", "--hidden-dim", "32", "--image-proj-dim", "16", "--dropout", "0.3", "--log-every",
-            "1", "--save-every", "4", "--seed", "5", "--val-max-images", "6", "--cache-dir", str(cache), *extra]
+            "1", "--save-every", "4", "--seed", "5", "--val-max-images", "6", "--cache-dir", str(cache),
+            "--quiet", *extra]  # quiet: stderr holds the warnings and errors these tests read, not the epoch lines
 
 
 def _state(run: Path) -> dict:
