@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 from bench.common import BENCHMARK, child_env, guarded, peak_rss_self_mb, proc_status_mb, r, rss_slope, run_measured
+from captioner.training.config import RECIPE_MODEL
 
-RECIPE = dict(  # scripts/train_default.sh, one member
-    model=dict(encoder="efficientnet_lite2", inject="attention", attention_dim=256, attention_init="mean",
-               embed_dim=256, hidden_dim=512, image_proj_dim=256, dropout=0.5),
+RECIPE = dict(  # scripts/train_default.sh, one member: the architecture is captioner train's default
+    model=dict(RECIPE_MODEL),
     train=dict(epochs=8, batch_size=128, lr=1e-3, schedule="cosine", clip_norm=5.0, min_count=5, holdout=500,
                holdout_seed=0, select_by="cider", patience=3, keep_epochs=5, seed=0, batch_by_image=True),
 )
