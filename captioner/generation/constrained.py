@@ -12,7 +12,11 @@ of everything that lands in it. The answer comes from the fullest set reached (a
 Images are searched together: those whose constraints have the same lengths share one state machine (a *group*),
 and every group's rows (images × states × beams) go through one decoder step per time step. An image leaves the
 search as soon as its answer is settled (no running hypothesis can beat its n-th finished one), so a batch does not
-run until its slowest image ends. Without constraints there is one state and the search is
+run until its slowest image ends. Each step runs the decoder on the rows that can still matter only, computes
+log-probabilities for those rows only, and keeps each row's best few free tokens (the beam size plus the most
+tokens a state can block) rather than the whole vocabulary per state; the images' context (an attention model's
+locations) stays one copy per image. The state machine itself is :mod:`captioner.generation.constraint_states`.
+Without constraints there is one state and the search is
 :func:`captioner.generation.search.beam_search` step for step (tests/test_guided.py checks they agree exactly).
 Tokens past ``plain_vocab`` (words added for tags) can only be written as constraint tokens, and log-probabilities
 are normalised over the plain vocabulary, so the known words keep exactly the probabilities the plain model gives
@@ -22,56 +26,16 @@ must not follow "a").
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from itertools import combinations
-
 import torch
 
 from captioner.generation.config import GenerationConfig, Hypothesis
+from captioner.generation.constraint_states import Constraint, search_states, transitions
 from captioner.generation.logits import block_repeats, masked_log_probs
 from captioner.generation.search import collect_beams
 from captioner.models.base import StepDecoder, map_tensors, reorder_state, select_context
 from captioner.vocab import Vocabulary
 
 NEG = float("-inf")
-
-
-@dataclass(frozen=True)
-class Constraint:
-    """Token ids that must appear together in the caption, tokens that may not come right before them, and whether
-    they must open the caption."""
-
-    tokens: tuple[int, ...]
-    forbid_before: tuple[int, ...] = ()
-    at_start: bool = False
-
-
-def search_states(lengths: tuple[int, ...]) -> list[tuple[frozenset, tuple[int, int] | None]]:
-    """The states of the search for constraints of these lengths: each set of met constraints, alone or in the
-    middle of a phrase ``(c, k)`` (its first k tokens written). The empty set comes first, the full set last."""
-    subsets = [frozenset(s) for n in range(len(lengths) + 1) for s in combinations(range(len(lengths)), n)]
-    partial = [(met, (c, k)) for met in subsets for c in range(len(lengths)) if c not in met
-               for k in range(1, lengths[c])]
-    return [(met, None) for met in subsets[:-1]] + partial + [(subsets[-1], None)]
-
-
-def transitions(lengths: tuple[int, ...], states: list) -> list[list[tuple[int, str, object]]]:
-    """For each state, where its hypotheses come from: ``(source, "free", [c, ...])`` (any token but the first
-    tokens of the unmet one-token constraints c) or ``(source, "only", (c, k))`` (token k of constraint c, forced)."""
-    index = {state: i for i, state in enumerate(states)}
-    into: list[list] = [[] for _ in states]
-    for source, (met, open_phrase) in enumerate(states):
-        if open_phrase is None:
-            unmet = [c for c in range(len(lengths)) if c not in met]
-            into[source].append((source, "free", [c for c in unmet if lengths[c] == 1]))
-            for c in unmet:
-                target = (met | {c}, None) if lengths[c] == 1 else (met, (c, 1))
-                into[index[target]].append((source, "only", (c, 0)))
-        else:
-            c, k = open_phrase
-            target = (met | {c}, None) if k + 1 == lengths[c] else (met, (c, k + 1))
-            into[index[target]].append((source, "only", (c, k)))
-    return into
 
 
 def constrained_search(decoder: StepDecoder, features: torch.Tensor, vocab: Vocabulary, config: GenerationConfig,
@@ -129,15 +93,18 @@ class _Group:
     def rows_per_image(self) -> int:
         return len(self.states) * self.k
 
-    def candidates(self, target: int, logp: torch.Tensor, forced: torch.Tensor, done: torch.Tensor,
-                   last: torch.Tensor | None) -> tuple[torch.Tensor, int | None, torch.Tensor, torch.Tensor]:
-        """The extensions that land in state ``target``: their scores ``(B, N)``, laid out as every token of one
-        state's rows written freely (``K * V`` columns, first, when there is such a source), then one forced token
-        per row of each state that leads here; returns ``(scores, free source state or None, forced parents,
-        forced tokens)``, the last two ``(B, N - K * V)`` (parent rows within the image's block).
+    def candidates(self, target: int, top: tuple[torch.Tensor, torch.Tensor], forced: ForcedLookup,
+                   done: torch.Tensor, last: torch.Tensor | None) -> tuple[torch.Tensor, int | None, torch.Tensor,
+                                                                         torch.Tensor]:
+        """The extensions that land in state ``target``: their scores ``(B, N)``, laid out as the best free tokens
+        of one state's rows (``K * W`` columns, first, when there is such a source), then one forced token per row of
+        each state that leads here; returns ``(scores, free source state or None, forced parents, forced tokens)``,
+        the last two ``(B, N - K * W)`` (parent rows within the image's block).
 
         Args:
-            logp, forced: this group's log-probabilities for writing freely and for forced tokens ``(B, S*K, V)``.
+            top: each row's W best tokens to write freely, values and ids ``(B, S*K, W)`` (W exceeds K by the most
+                tokens a state can block, so the K best unblocked extensions of a state are among them).
+            forced: the log-probability of a given token in given rows.
             done: finished rows ``(B, S*K)``.
             last: each row's last token ``(B, S*K)`` (None at the first step).
         """
@@ -147,17 +114,16 @@ class _Group:
         for source, kind, arg in self.into[target]:
             rows = slice(source * k, (source + 1) * k)
             if kind == "free":
-                part = scores[:, rows, None] + logp[:, rows]  # (B, K, V)
-                if arg:
-                    blocked = self.tokens[:, arg, 0]  # (B, n): first tokens of unmet one-token constraints
-                    part = part.scatter(2, blocked.unsqueeze(1).expand(-1, k, -1), NEG)
+                part = scores[:, rows, None] + top[0][:, rows]  # (B, K, W)
+                if arg:  # first tokens of unmet one-token constraints: written only by moving to their state
+                    blocked = self.tokens[:, arg, 0]  # (B, n)
+                    part = part.masked_fill((top[1][:, rows, :, None] == blocked[:, None, None, :]).any(dim=3), NEG)
                 values.insert(0, part.view(batch, -1))
                 free = source
                 continue
             c, position = arg
             token = self.tokens[:, c, position].view(batch, 1).expand(-1, k)  # (B, K)
-            value = (scores[:, rows] + forced[:, rows].gather(2, token.unsqueeze(2)).squeeze(2))
-            value = value.masked_fill(done[:, rows], NEG)
+            value = (scores[:, rows] + forced(rows, token)).masked_fill(done[:, rows], NEG)
             if position == 0 and last is not None:  # not the first word: tokens it may not follow, openers only
                 if self.forbid.shape[2]:
                     value = value.masked_fill((last[:, rows, None] == self.forbid[:, c, None, :]).any(dim=2), NEG)
@@ -169,29 +135,38 @@ class _Group:
         return (torch.cat(values, dim=1), free, torch.cat(parents, dim=1) if parents else empty,
                 torch.cat(tokens, dim=1) if tokens else empty)
 
-    def step(self, logp: torch.Tensor, forced: torch.Tensor, done: torch.Tensor,
-             last: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, logp: torch.Tensor | None, top: tuple[torch.Tensor, torch.Tensor] | None, forced: ForcedLookup,
+             done: torch.Tensor, last: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Choose every state's K best extensions; returns each new row's parent within its image's block and its
-        token, both ``(B, S*K)``."""
-        k, vocab_size = self.k, logp.shape[2]
+        token, both ``(B, S*K)``.
+
+        Args:
+            logp: log-probabilities for writing freely ``(B, K, V)`` (one state: plain beam search's step).
+            top, forced, done, last: as :meth:`candidates` takes them (several states).
+        """
+        k = self.k
         if len(self.states) == 1:  # no constraints: plain beam search's step
+            vocab_size = logp.shape[2]
             values = (self.scores.view(-1, k, 1) + logp).view(len(self.images), -1)  # (B, K*V)
-            top, index = values.topk(k, dim=1)
-            self.scores = top.unsqueeze(1)  # (B, 1, K)
+            best, index = values.topk(k, dim=1)
+            self.scores = best.unsqueeze(1)  # (B, 1, K)
             return index // vocab_size, index % vocab_size
+        width = top[0].shape[2]
         best, parents, tokens = [], [], []
         for target in range(len(self.states)):
-            values, free, forced_parent, forced_token = self.candidates(target, logp, forced, done, last)
-            top, index = values.topk(k, dim=1)  # (B, K)
-            width = k * vocab_size if free is not None else 0
-            rest = (index - width).clamp(min=0)  # the forced columns' own index
-            is_free = index < width
-            if forced_parent.shape[1]:
-                parent = torch.where(is_free, index // vocab_size + (free or 0) * k, forced_parent.gather(1, rest))
-                token = torch.where(is_free, index % vocab_size, forced_token.gather(1, rest))
+            values, free, forced_parent, forced_token = self.candidates(target, top, forced, done, last)
+            value, index = values.topk(k, dim=1)  # (B, K)
+            if free is None:
+                parent, token = forced_parent.gather(1, index), forced_token.gather(1, index)
             else:
-                parent, token = index // vocab_size + free * k, index % vocab_size
-            best.append(top)
+                free_tokens = top[1][:, free * k : (free + 1) * k].reshape(len(self.images), -1)  # (B, K*W)
+                is_free, rest = index < k * width, (index - k * width).clamp(min=0)
+                parent = index // width + free * k
+                token = free_tokens.gather(1, index.clamp(max=k * width - 1))
+                if forced_parent.shape[1]:
+                    parent = torch.where(is_free, parent, forced_parent.gather(1, rest))
+                    token = torch.where(is_free, token, forced_token.gather(1, rest))
+            best.append(value)
             parents.append(parent)
             tokens.append(token)
         self.scores = torch.stack(best, dim=1)  # (B, S, K)
@@ -234,8 +209,29 @@ class _Group:
         self.at_start = self.at_start[keep]
 
 
+class ForcedLookup:
+    """The log-probabilities of forced tokens in a group's rows: those of the rows the decoder ran this step; -inf
+    for the others (finished, or of score -inf: their forced extensions are never taken).
+
+    Args:
+        positions: each row's place among the rows run ``(B, S*K)`` (-1: not run).
+        log_probs: the rows run, log-probabilities over the whole (extended) vocabulary ``(n, V')``.
+    """
+
+    def __init__(self, positions: torch.Tensor, log_probs: torch.Tensor) -> None:
+        self.positions, self.log_probs = positions, log_probs
+
+    def __call__(self, rows: slice, token: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities ``(B, K)`` of ``token`` ``(B, K)`` in ``rows`` of each image's block."""
+        where = self.positions[:, rows]  # (B, K)
+        if not self.log_probs.shape[0]:
+            return torch.full(where.shape, NEG, device=where.device)
+        return self.log_probs[where.clamp(min=0), token].masked_fill(where < 0, NEG)
+
+
 class _Batch:
-    """Every image's search: groups of images with one state machine each, their rows side by side."""
+    """Every image's search: groups of images with one state machine each, their rows side by side. The context
+    stays one per image (rows point at theirs), so rows cost only their recurrent state."""
 
     def __init__(self, decoder, features, vocab, config, constraints, plain_vocab) -> None:
         self.decoder, self.vocab, self.config, self.plain = decoder, vocab, config, plain_vocab
@@ -246,47 +242,80 @@ class _Batch:
         device = features.device
         self.groups = [_Group(lengths, images, [constraints[i] for i in images], config.beam_size, device)
                        for lengths, images in sorted(by_lengths.items())]
+        self.width = config.beam_size + max(len(g.lengths) for g in self.groups)  # free tokens kept per row
         order = torch.tensor([i for g in self.groups for i in g.images], device=device)
         repeats = torch.tensor([g.rows_per_image for g in self.groups for _ in g.images], device=device)
-        context, state = decoder.start(features.index_select(0, order))
-        rows = torch.repeat_interleave(torch.arange(len(order), device=device), repeats)  # each row's image
-        self.context = select_context(context, rows)
-        self.state = reorder_state(state, rows) if state is not None else None
+        self.context, state = decoder.start(features.index_select(0, order))  # one per image
+        self.row_image = torch.repeat_interleave(torch.arange(len(order), device=device), repeats)  # (N,)
+        self._selected: tuple[torch.Tensor, object] | None = None  # the last rows' context, reused while unchanged
+        self.state = reorder_state(state, self.row_image) if state is not None else None
         total = int(repeats.sum())
         self.tokens = torch.full((total,), vocab.start_id, dtype=torch.long, device=device)
         self.history = torch.empty((total, 0), dtype=torch.long, device=device)
         self.done = torch.zeros(total, dtype=torch.bool, device=device)
 
-    def _log_probs(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probabilities normalised over the plain vocabulary ``(N, V)``: for writing freely (added words
-        excluded, repetition guard and finished captions applied) and for forced constraint tokens."""
+    def _log_probs(self, logits: torch.Tensor, index: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probabilities of the rows run (``index``; None: all), normalised over the plain vocabulary
+        ``(n, V)``: for writing freely (added words excluded, repetition guard applied) and for forced constraint
+        tokens (every column)."""
         if logits.shape[1] == self.plain:  # nothing added: exactly what plain beam search computes
             forced = masked_log_probs(logits, self.vocab)
         else:
             logits = logits.float().clone()
             logits[:, [self.vocab.pad_id, self.vocab.start_id, self.vocab.unk_id]] = NEG
             forced = logits - torch.logsumexp(logits[:, : self.plain], dim=1, keepdim=True)
-        logp = forced.clone()
-        logp[:, self.plain :] = NEG
-        if self.config.no_repeat_ngram:
-            logp = block_repeats(logp, self.history, self.config.no_repeat_ngram)
-        logp[self.done] = NEG
-        logp[self.done, self.vocab.pad_id] = 0.0  # a finished caption continues with <pad>, at no cost
-        return logp, forced
+        logp = forced
+        if self.config.no_repeat_ngram:  # over every column: a tag word written may be repeated by a known one
+            history = self.history if index is None else self.history.index_select(0, index)
+            logp = block_repeats(logp, history, self.config.no_repeat_ngram)
+        return logp[:, : self.plain], forced
+
+    def _free_tokens(self, logp: torch.Tensor, top: tuple | None, index: torch.Tensor | None, rows: slice,
+                     dense: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """A group's rows' tokens to write freely: every token ``(n, V)`` (``dense``: plain beam search's step) or
+        the rows' best ``W`` values and ids ``(n, W)`` out of ``top`` (those of the rows run); finished rows continue
+        with ``<pad>`` at no cost, rows not run have none."""
+        done, pad = self.done[rows], self.vocab.pad_id
+        run = None if index is None else (index >= rows.start) & (index < rows.stop)
+        sources = [logp] if dense else list(top)
+        parts = []
+        for source, fill in zip(sources, (NEG, pad)):
+            if index is None:  # every row was run: this group's rows, in place
+                parts.append(source[rows].clone())
+            else:
+                part = source.new_full((done.shape[0], source.shape[1]), fill)
+                part[index[run] - rows.start] = source[run]
+                parts.append(part)
+        parts[0][done] = NEG
+        if dense:
+            parts[0][done, pad] = 0.0
+            return parts[0]
+        parts[0][done, 0] = 0.0
+        parts[1][done] = pad
+        return parts[0], parts[1]
 
     def step(self) -> bool:
         """One decoder step for every row of every group; True when every image has its answer."""
-        logits = self._decode()
-        logp, forced = self._log_probs(logits)  # (N, V) each
+        index, logits = self._decode()
+        logp, forced = self._log_probs(logits, index)  # (n, V), (n, V')
+        several = any(len(g.states) > 1 for g in self.groups)
+        top = logp.topk(min(self.width, logp.shape[1]), dim=1) if several else None  # (n, W) each
+        positions = torch.full((len(self.tokens),), -1, dtype=torch.long, device=self.done.device)
+        positions[slice(None) if index is None else index] = torch.arange(logits.shape[0], device=positions.device)
         last = self.history[:, -1] if self.history.shape[1] else None
         parents, tokens, start = [], [], 0
         for group in self.groups:
             n, rows = len(group.images), group.rows_per_image
+            span = slice(start, start + n * rows)
 
             def view(t: torch.Tensor) -> torch.Tensor:  # this group's rows, one block per image
-                return t[start : start + n * rows].view(n, rows, *t.shape[1:])
+                return t[span].view(n, rows, *t.shape[1:])
 
-            parent, token = group.step(view(logp), view(forced), view(self.done),
+            free = self._free_tokens(logp, top, index, span, dense=len(group.states) == 1)
+            free = free if isinstance(free, tuple) else (free,)
+            free = tuple(t.view(n, rows, -1) for t in free)  # already this group's rows
+            dense, best = (free[0], None) if len(free) == 1 else (None, free)
+            parent, token = group.step(dense, best, ForcedLookup(view(positions), forced), view(self.done),
                                        None if last is None else view(last))
             offsets = torch.arange(n, device=parent.device).unsqueeze(1) * rows + start
             parents.append((parent + offsets).view(-1))
@@ -298,27 +327,32 @@ class _Batch:
         self.done = self.done.index_select(0, parent) | (self.tokens == self.vocab.end_id)
         return self._retire()
 
-    def _decode(self) -> torch.Tensor:
-        """The step's logits ``(N, V)`` for the rows that can still matter: a finished row only continues with
-        ``<pad>`` and a row of score -inf (a state not reached yet, or fewer hypotheses than beams) only gives -inf
-        scores, whatever the decoder says, so neither is run; their logits are zeros and their state stays. The same
-        captions, fewer rows: most of a constrained search's rows are such early on and once the full state
-        finishes. Without any constraint every row is run, as plain beam search does."""
+    def _context(self, index: torch.Tensor | None):
+        """The context of the rows ``index`` (None: all), selected from the images' (reused while the same)."""
+        images = self.row_image if index is None else self.row_image.index_select(0, index)
+        if self._selected is None or not torch.equal(self._selected[0], images):
+            self._selected = (images, select_context(self.context, images))
+        return self._selected[1]
+
+    def _decode(self) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The rows run this step (None: all) and their logits ``(n, V)``: the rows that can still matter. A
+        finished row only continues with ``<pad>`` and a row of score -inf (a state not reached yet, or fewer
+        hypotheses than beams) only gives -inf scores, whatever the decoder says, so neither is run and their state
+        stays. The same captions, fewer rows: most of a constrained search's rows are such early on and once the
+        full state finishes. Without any constraint every row is run, as plain beam search does."""
         scores = torch.cat([g.scores.reshape(-1) for g in self.groups]).to(self.done.device)  # (N,) in row order
         alive = ~self.done & (scores > NEG)
         plain = all(len(g.states) == 1 for g in self.groups)  # run as plain beam search runs, to the last bit
         if plain or bool(alive.all()):
-            logits, self.state, _ = self.decoder.step(self.tokens, self.context, self.state)
-            return logits
+            logits, self.state, _ = self.decoder.step(self.tokens, self._context(None), self.state)
+            return None, logits
         index = torch.nonzero(alive).flatten()
         state = map_tensors(lambda t: t.index_select(1, index), self.state) if self.state is not None else None
-        part, state, _ = self.decoder.step(self.tokens[index], select_context(self.context, index), state)
-        logits = part.new_zeros((len(self.tokens), part.shape[1]))
-        logits[index] = part
+        logits, state, _ = self.decoder.step(self.tokens[index], self._context(index), state)
         if self.state is None:  # None means zeros: the rows not run keep zeros
             self.state = map_tensors(lambda t: t.new_zeros((t.shape[0], len(self.tokens), *t.shape[2:])), state)
         self.state = _scatter_rows(self.state, state, index)
-        return logits
+        return index, logits
 
     def _retire(self, everything: bool = False) -> bool:
         """Take the settled images (all, with ``everything``) out of the search; True when none is left."""
@@ -337,7 +371,7 @@ class _Batch:
         keep = torch.cat(keep_rows).to(self.done.device) if keep_rows else self.done.new_zeros(0)
         if not bool(keep.all()):
             index = torch.nonzero(keep).flatten()
-            self.context = select_context(self.context, index)
+            self.row_image = self.row_image.index_select(0, index)  # the images' context stays as it is
             self.state = map_tensors(lambda t: t.index_select(1, index), self.state)
             self.tokens, self.history, self.done = self.tokens[index], self.history[index], self.done[index]
         return not self.groups
