@@ -118,6 +118,21 @@ def test_holdout_validates_on_training_images_only(shapes_dataset, tmp_path):
     assert summary["train_config"]["holdout"] == 6 and summary["history"][0]["val_loss"] > 0
 
 
+def test_holdout_needs_no_validation_split(shapes_dataset, tmp_path, capsys):
+    """A data set with a training split only trains with --holdout (its validation images come from training)."""
+    import shutil
+
+    data = tmp_path / "train_only"
+    shutil.copytree(shapes_dataset, data)
+    (data / "splits" / "val.txt").unlink()
+    args = ["train", "--data", str(data), "--dry-run", "--min-count", "1"]
+    assert main([*args, "--out", str(tmp_path / "none")]) != 0  # no validation split and nothing held out
+    assert "--holdout N" in capsys.readouterr().err  # the error says what to do
+    assert main([*args, "--out", str(tmp_path / "held"), "--holdout", "6"]) == 0
+    summary = json.loads((tmp_path / "held" / "summary.json").read_text())
+    assert summary["history"][0]["val_loss"] > 0
+
+
 def test_image_batches_hold_whole_images_and_every_caption_once():
     import torch
 

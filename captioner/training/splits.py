@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from captioner.data import CaptionSet, load_dataset
+from captioner.data import CaptionSet, DatasetError, load_dataset
 from captioner.data.base import report_bad_images
 from captioner.data.batching import caption_pairs
 from captioner.features import CachedRows, image_features
@@ -57,8 +57,9 @@ def mirror_draw(flip_features: bool, seed: int, step: int, n: int) -> torch.Tens
 def load_splits(cfg: TrainConfig) -> tuple[CaptionSet, CaptionSet | None]:
     """The training split and the (fixed) validation subset, cut down for a dry run."""
     train_set = load_dataset(cfg.data, cfg.train_split, cfg.data_format, cfg.images)
-    val_set = load_dataset(cfg.data, cfg.val_split, cfg.data_format, cfg.images) if cfg.val_split else None
-    if cfg.holdout:
+    held_out = bool(cfg.holdout)  # validation on held-back training images: no validation split is read
+    val_set = _validation_split(cfg) if cfg.val_split and not held_out else None
+    if held_out:
         train_set, val_set = hold_out(train_set, cfg.holdout, cfg.seed if cfg.holdout_seed is None else cfg.holdout_seed)
     for spec in cfg.extra_data:
         train_set = join(train_set, load_extra(spec))
@@ -70,6 +71,16 @@ def load_splits(cfg: TrainConfig) -> tuple[CaptionSet, CaptionSet | None]:
     if not len(train_set):
         raise ValueError(f"{cfg.data}: split {cfg.train_split!r} has no images")
     return train_set, val_set
+
+
+def _validation_split(cfg: TrainConfig) -> CaptionSet:
+    """The validation split; when the data has none, the error says how to train without it."""
+    try:
+        return load_dataset(cfg.data, cfg.val_split, cfg.data_format, cfg.images)
+    except DatasetError as err:
+        raise DatasetError(f"{err}; validate on training images held back instead (--holdout N, e.g. a fifth of "
+                           "them), name another split (--val-split), or train without validation (--val-split none)"
+                           ) from None
 
 
 def load_extra(spec: str) -> CaptionSet:
