@@ -163,8 +163,13 @@ def test_train_tensorboard_logs_the_csv_rows(shapes_dataset, tmp_path):
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train/loss", "train/grad_norm_before_clipping", "val/loss", "val/cider_d_greedy"} <= tags
+    assert {"train/loss", "train/epoch_mean_loss", "train/grad_norm_before_clipping", "val/loss",
+            "val/cider_d_greedy"} <= tags
     with open(out / "log.csv") as handle:
         logged = [r for r in csv.DictReader(handle) if r["loss"]]
-    assert [e.step for e in events.Scalars("train/loss")] == [int(r["step"]) for r in logged]
+    steps = [r for r in logged if not r["elapsed_s"]]  # the per-step line holds steps only, no epoch means
+    assert [e.step for e in events.Scalars("train/loss")] == [int(r["step"]) for r in steps]
+    epochs = [r for r in logged if r["elapsed_s"]]
+    assert [e.value for e in events.Scalars("train/epoch_mean_loss")] == pytest.approx(
+        [float(r["loss"]) for r in epochs], abs=1e-4)  # the CSV keeps 6 digits
     assert (out / "model" / "image_mean.safetensors").is_file()

@@ -13,6 +13,7 @@ from captioner.fileio import save_error
 TAGS = {"loss": "train/loss", "grad_norm": "train/grad_norm_before_clipping", "lr": "train/learning_rate",
         "reward": "train/scst_reward", "val_loss": "val/loss", "val_bleu4": "val/bleu4_greedy",
         "val_cider": "val/cider_d_greedy", "elapsed_s": "time/epoch_seconds"}
+EPOCH_LOSS = "train/epoch_mean_loss"  # the epoch rows' loss, kept off the per-step train/loss line
 
 
 def require_tensorboard():
@@ -36,9 +37,11 @@ class TensorBoardLog:
 
     def write(self, **row) -> None:
         step = int(row["step"])
+        epoch_row = "elapsed_s" in row  # an epoch's end: its loss is the epoch's mean, not one step's
         for key, value in row.items():
             if key in TAGS and isinstance(value, (int, float)) and math.isfinite(value):
-                self._writer.add_scalar(TAGS[key], value, step)
+                tag = EPOCH_LOSS if epoch_row and key == "loss" else TAGS[key]
+                self._writer.add_scalar(tag, value, step)
         self._writer.flush()
 
     def close(self) -> None:
