@@ -219,31 +219,3 @@ def test_a_full_disk_on_standard_output_never_leaves_a_cut_line(library, tmp_pat
     assert code == 1
     text = target.read_text()
     assert text.endswith("\n") and len(text.splitlines()) == 2
-
-
-def test_the_next_batch_decodes_on_a_thread_while_this_one_is_captioned(library, tmp_path, monkeypatch):
-    """Batches after the first are decoded one ahead on a thread; the rows, a broken photo's included, come out in
-    the photos' order and the same as one batch gives. A single batch starts no thread (the cold path)."""
-    import threading
-
-    from captioner.library import run
-
-    model, photos = library
-    (photos[0].parent / "000000000003.png").write_bytes(b"not a png")  # a broken photo in the second batch
-    threads, loads = [], run.load_image
-
-    def load(path, **kwargs):
-        threads.append(threading.current_thread().name)
-        return loads(path, **kwargs)
-
-    monkeypatch.setattr(run, "load_image", load)
-    outs = {}
-    for size in ("2", "32"):
-        threads.clear()
-        out = tmp_path / f"batch{size}.jsonl"
-        assert _caption(model, str(photos[0].parent), "--out", str(out), "--batch-size", size) == 1  # one failed
-        outs[size] = [json.loads(line) for line in out.read_text().splitlines()]
-        seen = set(threads)
-        assert seen == ({"MainThread"} if size == "32" else {"captioner-decode_0"}), seen
-    assert [r["image"] for r in outs["2"]] == [str(p) for p in photos]
-    assert outs["2"] == outs["32"] and "error" in outs["2"][3]

@@ -100,11 +100,10 @@ def caption_library(model, paths: list[str], config: GenerationConfig, options: 
     writer = ResultsWriter(options.out, options.fmt, options.resume) if options.out is not None else None
     try:
         todo = _not_done(photos, writer, summary)
-        batches = [todo[start : start + options.batch_size] for start in range(0, len(todo), options.batch_size)]
-        side = model.config.preprocess.resize
         with _progress(len(todo), options.batch_size) as bar:
-            for batch, loaded in _prefetched(batches, side):
-                rows = _caption_batch(model, batch, loaded, config, options, summary)
+            for start in range(0, len(todo), options.batch_size):
+                batch = todo[start : start + options.batch_size]
+                rows = _caption_batch(model, batch, config, options, summary)
                 if writer is not None:
                     writer.write(rows)
                 for row in rows:
@@ -114,36 +113,6 @@ def caption_library(model, paths: list[str], config: GenerationConfig, options: 
         if writer is not None:
             writer.close()
     return summary
-
-
-def _load_batch(batch: list[Path], side: int) -> list:
-    """Each photo decoded no smaller than ``side``, or the :class:`ImageLoadError` that says why it cannot be."""
-    loaded = []
-    for path in batch:
-        try:
-            loaded.append(load_image(path, min_side=side))
-        except ImageLoadError as err:
-            loaded.append(err)
-    return loaded
-
-
-def _prefetched(batches: list[list[Path]], side: int):
-    """``(batch, its decoded photos)`` in order, the next batch decoding on a thread while this one is captioned
-    (Pillow decodes without the GIL, so the search's idle core decodes; one batch ahead at most). A single batch is
-    decoded here, without a thread."""
-    if len(batches) <= 1:
-        for batch in batches:
-            yield batch, _load_batch(batch, side)
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="captioner-decode") as pool:
-        pending = pool.submit(_load_batch, batches[0], side)
-        for i, batch in enumerate(batches):
-            loaded = pending.result()
-            if i + 1 < len(batches):
-                pending = pool.submit(_load_batch, batches[i + 1], side)
-            yield batch, loaded
 
 
 class _NoProgress:
@@ -183,18 +152,18 @@ def _fail(summary: Summary, on_row: Callable[[Row], None], row: Row) -> None:
     on_row(row)
 
 
-def _caption_batch(model, batch: list[Path], images: list, config: GenerationConfig, options: LibraryOptions,
+def _caption_batch(model, batch: list[Path], config: GenerationConfig, options: LibraryOptions,
                    summary: Summary) -> list[Row]:
-    """One decoded batch (``images``: a photo or the error that kept it from decoding, per path): caption, mark for
-    review, write metadata; a row per photo, failures included."""
+    """One batch: decode, caption, mark for review, write metadata; a row per photo, failures included."""
+    side = model.config.preprocess.resize
     loaded, rows = [], {}
-    for path, image in zip(batch, images):
-        if isinstance(image, ImageLoadError):
-            rows[path] = Row(image=str(path), error=str(image))
+    for path in batch:
+        try:
+            loaded.append((path, load_image(path, min_side=side)))
+        except ImageLoadError as err:
+            rows[path] = Row(image=str(path), error=str(err))
             summary.failed += 1
-            summary.failures.append(f"{path}: {image}")
-        else:
-            loaded.append((path, image))
+            summary.failures.append(f"{path}: {err}")
     hyps, tags = _search(model, [image for _, image in loaded], config, options.show_tags)
     for (path, _), hyp, image_tags in zip(loaded, (h[0] for h in hyps), tags):
         rows[path] = _row(model, path, hyp, options, summary, image_tags)
