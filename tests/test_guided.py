@@ -129,7 +129,7 @@ def test_rows_that_cannot_matter_are_not_decoded_and_captions_stay_the_same(voca
     skipping = constrained_search(model.decoder, features, vocab, config, constraints)
     skipped = sum(rows)
 
-    def every_row(self):
+    def every_row(self, plain):
         logits, self.state, _ = self.decoder.step(self.tokens, self._context(None), self.state)
         return None, logits
 

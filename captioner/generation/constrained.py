@@ -270,36 +270,41 @@ class _Batch:
             logp = block_repeats(logp, history, self.config.no_repeat_ngram)
         return logp[:, : self.plain], forced
 
-    def _free_tokens(self, logp: torch.Tensor, top: tuple | None, index: torch.Tensor | None, rows: slice,
-                     dense: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """A group's rows' tokens to write freely: every token ``(n, V)`` (``dense``: plain beam search's step) or
-        the rows' best ``W`` values and ids ``(n, W)`` out of ``top`` (those of the rows run); finished rows continue
-        with ``<pad>`` at no cost, rows not run have none."""
+    def _rows(self, source: torch.Tensor, fill: float | int, index: torch.Tensor | None, rows: slice) -> torch.Tensor:
+        """A group's ``rows`` of ``source`` (one row per row run, ``index``; None: every row was run), the rows not
+        run filled with ``fill``; a new tensor."""
+        if index is None:
+            return source[rows].clone()
+        run = (index >= rows.start) & (index < rows.stop)
+        part = source.new_full((rows.stop - rows.start, source.shape[1]), fill)
+        part[index[run] - rows.start] = source[run]
+        return part
+
+    def _dense_tokens(self, logp: torch.Tensor, index: torch.Tensor | None, rows: slice) -> torch.Tensor:
+        """A one-state group's rows, every token to write freely ``(n, V)`` (plain beam search's step): finished rows
+        continue with ``<pad>`` at no cost, rows not run have no token."""
+        done, part = self.done[rows], self._rows(logp, NEG, index, rows)
+        part[done] = NEG  # then <pad> at no cost
+        part[done, self.vocab.pad_id] = 0.0
+        return part
+
+    def _best_tokens(self, top: tuple[torch.Tensor, torch.Tensor], index: torch.Tensor | None,
+                     rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """A group's rows, their ``W`` best tokens to write freely, values and ids ``(n, W)`` out of ``top`` (those
+        of the rows run): finished rows continue with ``<pad>`` at no cost, rows not run have none."""
         done, pad = self.done[rows], self.vocab.pad_id
-        run = None if index is None else (index >= rows.start) & (index < rows.stop)
-        sources = [logp] if dense else list(top)
-        parts = []
-        for source, fill in zip(sources, (NEG, pad)):
-            if index is None:  # every row was run: this group's rows, in place
-                parts.append(source[rows].clone())
-            else:
-                part = source.new_full((done.shape[0], source.shape[1]), fill)
-                part[index[run] - rows.start] = source[run]
-                parts.append(part)
-        parts[0][done] = NEG
-        if dense:
-            parts[0][done, pad] = 0.0
-            return parts[0]
-        parts[0][done, 0] = 0.0
-        parts[1][done] = pad
-        return parts[0], parts[1]
+        values, tokens = self._rows(top[0], NEG, index, rows), self._rows(top[1], pad, index, rows)
+        values[done] = NEG
+        values[done, 0] = 0.0
+        tokens[done] = pad
+        return values, tokens
 
     def step(self) -> bool:
         """One decoder step for every row of every group; True when every image has its answer."""
-        index, logits = self._decode()
+        plain = all(len(g.states) == 1 for g in self.groups)
+        index, logits = self._decode(plain)
         logp, forced = self._log_probs(logits, index)  # (n, V), (n, V')
-        several = any(len(g.states) > 1 for g in self.groups)
-        top = logp.topk(min(self.width, logp.shape[1]), dim=1) if several else None  # (n, W) each
+        top = None if plain else logp.topk(min(self.width, logp.shape[1]), dim=1)  # (n, W) each
         positions = torch.full((len(self.tokens),), -1, dtype=torch.long, device=self.done.device)
         positions[slice(None) if index is None else index] = torch.arange(logits.shape[0], device=positions.device)
         last = self.history[:, -1] if self.history.shape[1] else None
@@ -311,10 +316,10 @@ class _Batch:
             def view(t: torch.Tensor) -> torch.Tensor:  # this group's rows, one block per image
                 return t[span].view(n, rows, *t.shape[1:])
 
-            free = self._free_tokens(logp, top, index, span, dense=len(group.states) == 1)
-            free = free if isinstance(free, tuple) else (free,)
-            free = tuple(t.view(n, rows, -1) for t in free)  # already this group's rows
-            dense, best = (free[0], None) if len(free) == 1 else (None, free)
+            if len(group.states) == 1:
+                dense, best = self._dense_tokens(logp, index, span).view(n, rows, -1), None
+            else:
+                dense, best = None, tuple(t.view(n, rows, -1) for t in self._best_tokens(top, index, span))
             parent, token = group.step(dense, best, ForcedLookup(view(positions), forced), view(self.done),
                                        None if last is None else view(last))
             offsets = torch.arange(n, device=parent.device).unsqueeze(1) * rows + start
@@ -334,7 +339,7 @@ class _Batch:
             self._selected = (images, select_context(self.context, images))
         return self._selected[1]
 
-    def _decode(self) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def _decode(self, plain: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
         """The rows run this step (None: all) and their logits ``(n, V)``: the rows that can still matter. A
         finished row only continues with ``<pad>`` and a row of score -inf (a state not reached yet, or fewer
         hypotheses than beams) only gives -inf scores, whatever the decoder says, so neither is run and their state
@@ -342,8 +347,7 @@ class _Batch:
         full state finishes. Without any constraint every row is run, as plain beam search does."""
         scores = torch.cat([g.scores.reshape(-1) for g in self.groups]).to(self.done.device)  # (N,) in row order
         alive = ~self.done & (scores > NEG)
-        plain = all(len(g.states) == 1 for g in self.groups)  # run as plain beam search runs, to the last bit
-        if plain or bool(alive.all()):
+        if plain or bool(alive.all()):  # no constraint at all: every row, as plain beam search runs, to the last bit
             logits, self.state, _ = self.decoder.step(self.tokens, self._context(None), self.state)
             return None, logits
         index = torch.nonzero(alive).flatten()
