@@ -31,11 +31,10 @@ from captioner.export.layout import (  # noqa: F401  (ExportLoadError, check_exp
 )
 from captioner.export.sessions import (  # noqa: F401  (BACKENDS, choose_backend: also here)
     BACKENDS,
-    SPINNING_GRAPHS,
     OpeningExport,
     choose_backend,
     graph_files,
-    make_session,
+    graph_session,
     open_export,
 )
 from captioner.generation.confidence import ConfidenceModel
@@ -160,8 +159,7 @@ class OnnxCaptioner(ImageCaptioning):
         ``classifier``), created on first use; None when the export has no such graph."""
         if name not in self._sessions:
             file = self._graphs.get(name)
-            spin = name in SPINNING_GRAPHS
-            self._sessions[name] = make_session(self.directory / file, self.threads, spin) if file else None
+            self._sessions[name] = graph_session(self.directory, name, file, self.threads) if file else None
         return self._sessions[name]
 
     @property

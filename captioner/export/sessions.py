@@ -69,7 +69,7 @@ def make_session(path: Path, threads: int | None = None, spin: bool = False):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # The decoder's step graph is many small runs, between which spinning threads burn a core; with other processes
     # on the CPU, that made greedy search 1.7x slower here, so its idle threads sleep. The encoder is one long run per
-    # batch, made of many parallel sections: spinning between them made it 11-18% faster here (batch 32, 2 threads),
+    # batch, made of many parallel sections: spinning between them made it 8-18% faster here (batch 32, 2 threads),
     # and force_spinning_stop ends the spinning with the run, so the search after it gets the cores.
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     options.add_session_config_entry("session.force_spinning_stop", "1")
@@ -79,6 +79,12 @@ def make_session(path: Path, threads: int | None = None, spin: bool = False):
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ExportLoadError(f"ONNX Runtime cannot load {path} ({reason}); export the model again with "
                               "`captioner export`") from None
+
+
+def graph_session(directory: Path, name: str, file: str, threads: int | None = None):
+    """The session of an export's graph ``name`` (``file`` in ``directory``), spinning within a run for
+    :data:`SPINNING_GRAPHS`."""
+    return make_session(directory / file, threads, spin=name in SPINNING_GRAPHS)
 
 
 def graph_files(manifest: dict) -> dict[str, str]:
@@ -112,7 +118,7 @@ class OpeningExport:
                 return  # exporting needs torch: the caller does it (captioner.export.runtime.cached_export)
             self.manifest = check_export_dir(self.directory)
             for name, file in graph_files(self.manifest).items():
-                self.sessions[name] = make_session(self.directory / file, self.threads, name in SPINNING_GRAPHS)
+                self.sessions[name] = graph_session(self.directory, name, file, self.threads)
         except BaseException as err:  # noqa: BLE001  (handed to the caller by result())
             self._error = err
 
