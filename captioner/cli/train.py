@@ -300,8 +300,9 @@ def run(args: argparse.Namespace) -> int:
 
 def best_figures(best: dict) -> str:
     """The best epoch's row in one line (without the selection's wording, which summary.json keeps)."""
-    return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in best.items()
-                     if k != "selection")
+    from captioner.training.report import fmt_row
+
+    return fmt_row({k: v for k, v in best.items() if k != "selection"}, sep=", ")
 
 
 @contextlib.contextmanager

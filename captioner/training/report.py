@@ -19,8 +19,9 @@ EPOCH_LOG = "captioner.training.epochs"  # the logger of the plan and epoch line
 FIGURES = (("val_loss", "val loss"), ("val_bleu4", "BLEU-4"), ("val_cider", "CIDEr-D"))  # an epoch line's figures
 
 
-def fmt_row(row: dict) -> str:
-    return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+def fmt_row(row: dict, sep: str = " ") -> str:
+    """A log row as ``key=value`` pairs (floats to 4 decimals) joined by ``sep``."""
+    return sep.join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
 
 
 def plan_line(cfg: TrainConfig, batches: int, train: Split, val: Split | None, auto: bool) -> str:
