@@ -36,7 +36,7 @@ WHOLE_RANGES = {
     "no_repeat_ngram": (0, 1000), "max_tags": (1, 1000),
 }
 CHOICES = {"pooling": POOLINGS, "cell": CELL_TYPES, "inject": INJECT_MODES, "attention_init": ATTENTION_INITS}
-FLAGS = ("encoder_weights_in_file", "attention_gate", "guided")
+FLAGS = ("encoder_weights_in_file", "attention_gate", "guided", "guided_fallback")
 IMAGE_SIDES = (16, 4096)  # preprocess.resize and preprocess.crop
 
 
@@ -161,6 +161,9 @@ class ModelConfig:
             ensemble``, inference only: their per-step log-probabilities are averaged).
         guided: the model's default for ``GenerationConfig.guided``: caption with tag-guided decoding unless told
             otherwise (False for models that have no setting, so they caption as they always did).
+        guided_fallback: the model's default for ``GenerationConfig.guided_fallback``: guided decoding only for the
+            images whose plain caption leaves one of their tags unnamed (False for models that have no setting: they
+            guide every tagged image, as they always did).
         tag_threshold: the model's default for ``GenerationConfig.tag_threshold``.
         max_tags: the model's default for ``GenerationConfig.max_tags``.
         no_repeat_ngram: the model's default for ``GenerationConfig.no_repeat_ngram``: captions never repeat an
@@ -187,6 +190,7 @@ class ModelConfig:
     num_decoders: int = 1
     no_repeat_ngram: int = 0
     guided: bool = False
+    guided_fallback: bool = False
     tag_threshold: float = 0.1
     max_tags: int = 2
 

@@ -21,7 +21,9 @@ def card(args, model, summaries: list[dict], scored: dict, choice: str, guards: 
     return "\n".join([
         "# captioner default model", "",
         "The model `captioner caption` uses when no `--model` is given. It captions with tag-guided decoding by "
-        "default (the encoder's confident ImageNet tags must appear in the caption; `--plain` turns it off).", "",
+        "default, as a fallback: each photo is captioned plainly first, and where that caption does not name the "
+        "encoder's confident ImageNet tags, the caption is searched again so that it must contain them "
+        "(`--guide-always` constrains every tagged photo, `--plain` turns guiding off).", "",
         *architecture_lines(c),
         f"- Preprocessing: {get_spec(c.encoder).description}; resize {c.preprocess.resize} "
         f"({c.preprocess.interpolation}), center crop {c.preprocess.crop}, mean/std {c.preprocess.mean}/"
@@ -30,8 +32,8 @@ def card(args, model, summaries: list[dict], scored: dict, choice: str, guards: 
         *_data_lines(args, first),
         *_training_lines(args, summaries),
         f"- Weights stored as {'float16' if half == 0 else 'float32'} ({half} held-out captions change in float16)",
-        f"- Decoding defaults (config.json): guided {c.guided}, tag threshold {c.tag_threshold}, at most "
-        f"{c.max_tags} tags, repetition guard {c.no_repeat_ngram}",
+        f"- Decoding defaults (config.json): guided {c.guided} (as a fallback: {c.guided_fallback}), tag threshold "
+        f"{c.tag_threshold}, at most {c.max_tags} tags, repetition guard {c.no_repeat_ngram}",
         IMAGE_MEAN_LINE,
         "- `tag_calibration.json`: how often each tag word was named by the references of the training images and "
         "the everyday-photo development sets it fired on; words named on fewer than 30% of at least 10 are not used",

@@ -130,7 +130,7 @@ def main() -> int:
         tag_calibration = json.loads((probe / "tag_calibration.json").read_text())
     models = candidates(args.runs)
     for model in models.values():
-        model.config = dataclasses.replace(model.config, guided=True)
+        model.config = dataclasses.replace(model.config, guided=True, guided_fallback=True)
         model.tag_calibration = tag_calibration
     choice, scored = choose(models, held, args.cache_dir)
     model = models[choice]

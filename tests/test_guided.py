@@ -9,7 +9,7 @@ from conftest import SAMPLES, tiny_config
 from captioner.cli import main
 from captioner.generation import GenerationConfig, generate
 from captioner.generation.constrained import constrained_search
-from captioner.generation.tags import tag_table
+from captioner.generation.tags import names_tag, tag_table
 from captioner.models.encoders import imagenet_categories
 from captioner.models.factory import complete_config
 from captioner.pipeline import Captioner
@@ -228,3 +228,58 @@ def test_a_known_word_goes_bare_but_a_phrase_that_says_more_stays_whole():
     assert dog.tokens == ids("dog") and dog.forbid_before == ids("an")
     elephant = tag_constraint(vocab, Tag("elephant", 0.9, phrase="an elephant", kind="count"))
     assert elephant.tokens == ids("elephant") and elephant.forbid_before == ids("a")
+
+
+@pytest.mark.parametrize("inject", ["every_step", "attention"])
+def test_as_a_fallback_guiding_keeps_plain_captions_that_name_their_tags_and_constrains_the_others(vocab, inject):
+    from captioner.generation.guided import guided_search
+    from captioner.generation.tags import Tag
+
+    for seed in range(3):
+        model = _model(vocab, seed, inject=inject, attention_dim=8)
+        features = torch.randn(6, *model.config.feature_shape(), generator=torch.Generator().manual_seed(seed))
+        config = GenerationConfig(beam_size=3, max_length=9, no_repeat_ngram=2, n_best=2, guided=True)
+        plain = generate(model.decoder, features, vocab, dataclasses.replace(config, guided=False))
+        tags = []
+        for i, hyps in enumerate(plain):
+            words = vocab.decode(hyps[0].tokens).split()
+            missing = [w for w in vocab.itos[4:] if w not in words]
+            tags.append([Tag(words[0] if i % 2 == 0 and words else missing[0], 1.0)])
+        fallback = guided_search(model.decoder, features, vocab, dataclasses.replace(config, guided_fallback=True),
+                                 tags)
+        always = guided_search(model.decoder, features, vocab, dataclasses.replace(config, guided_fallback=False),
+                               tags)
+        for i, hyps in enumerate(fallback):
+            named = all(names_tag(tag, vocab.decode(plain[i][0].tokens).split()) for tag in tags[i])
+            want = plain[i] if named else always[i]
+            assert [(h.tokens, h.log_prob) for h in hyps] == [(h.tokens, h.log_prob) for h in want], (seed, i)
+            assert [h.tags for h in hyps] == [tags[i]] * len(hyps)
+            assert tags[i][0].word in vocab.decode(hyps[0].tokens).split()
+
+
+def test_a_tag_is_named_by_its_word_plural_or_synonym_and_a_given_phrase_only_by_its_words_in_a_row():
+    from captioner.generation.tags import Tag, tag_words
+
+    dog = Tag("dog", 0.5, *(tag_words()["dog"][k] for k in ("phrase", "kind")))
+    assert names_tag(dog, "two dogs play in a field".split())
+    assert names_tag(dog, "a puppy runs".split())
+    assert not names_tag(dog, "a cat sits on a dogged bench".split())
+    given = Tag("red car", 1.0)
+    assert names_tag(given, "a red car is parked".split())
+    assert not names_tag(given, "a car is red".split())
+
+
+def test_models_without_the_setting_guide_every_tagged_image_and_the_cli_can_ask_for_it(vocab, capsys):
+    from captioner.config import ModelConfig
+    from captioner.generation.config import with_model_defaults
+
+    assert ModelConfig().guided_fallback is False
+    model = _model(vocab)
+    assert with_model_defaults(GenerationConfig(), model.decoder).guided_fallback is False
+    model.config = dataclasses.replace(model.config, guided_fallback=True)
+    assert with_model_defaults(GenerationConfig(), model.decoder).guided_fallback is True
+    assert with_model_defaults(GenerationConfig(guided_fallback=False), model.decoder).guided_fallback is False
+    with pytest.raises(ValueError, match="guided_fallback"):
+        GenerationConfig(guided_fallback="yes")
+    assert main(["caption", "--help"]) == 0
+    assert "--guide-always" in capsys.readouterr().out

@@ -111,6 +111,9 @@ def add_guided_options(parser: argparse.ArgumentParser) -> None:
               "(default: the model's setting, on for the embedded default model)")
     group.add_argument("--plain", dest="guided", action="store_const", const=False,
                        help="plain decoding: no tags asked of the caption")
+    add_field(parser, g, "guided_fallback", "--guide-always", action="store_const", const=False, show_default=False,
+              help="with guided decoding, constrain every tagged photo; by default the embedded model constrains only "
+              "the photos whose plain caption does not already name their tags (its model card says so)")
     add_field(parser, g, "tag_threshold", type=_tag_threshold, metavar="P", show_default=False,
               help="probability a tag needs, summed over the ImageNet classes that map to its word (default: the "
               "model's setting, which its model card states; docs/ablation.md)")

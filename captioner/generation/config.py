@@ -43,6 +43,11 @@ class GenerationConfig:
             most ``max_tags``) must appear in the caption (constrained beam search, :mod:`captioner.generation.guided`);
             None (default) uses the model's own setting (``ModelConfig.guided``: on for the embedded default, off for
             models that have none); sampling is never guided unless asked for, which is an error.
+        guided_fallback: with ``guided``, caption every image plainly first and search again with its tags only
+            where the plain caption does not name them all (:func:`captioner.generation.tags.names_tag`): the tags
+            then fill in what the decoder missed without overruling a caption that already says it ("two dogs" stays
+            rather than becoming "a dog"). None (default): the model's own setting (``ModelConfig.guided_fallback``:
+            on for the embedded default, off for models that have none, which guide every tagged image).
         tags: words (or short phrases) every image's caption must contain: guided decoding with given tags instead of
             the encoder's; a single string is one tag.
         tag_threshold: the probability an image tag needs (summed over the ImageNet classes that map to its word);
@@ -61,6 +66,7 @@ class GenerationConfig:
     return_attention: bool = False
     no_repeat_ngram: int | None = None
     guided: bool | None = None
+    guided_fallback: bool | None = None
     tags: tuple[str, ...] | None = None
     tag_threshold: float | None = None
     max_tags: int | None = None
@@ -118,8 +124,8 @@ class Hypothesis:
 
 _INTEGERS = ("beam_size", "max_length", "n_best", "top_k", "seed", "no_repeat_ngram", "max_tags")
 _NUMBERS = ("length_penalty", "temperature", "tag_threshold")
-_FLAGS = ("return_attention", "guided")
-_OPTIONAL = ("seed", "no_repeat_ngram", "max_tags", "tag_threshold", "guided")
+_FLAGS = ("return_attention", "guided", "guided_fallback")
+_OPTIONAL = ("seed", "no_repeat_ngram", "max_tags", "tag_threshold", "guided", "guided_fallback")
 
 
 def check_types(config: GenerationConfig) -> None:
@@ -150,6 +156,8 @@ def with_model_defaults(config: GenerationConfig, decoder) -> GenerationConfig:
         filled["no_repeat_ngram"] = getattr(model, "no_repeat_ngram", 0)
     if config.guided is None:
         filled["guided"] = bool(getattr(model, "guided", False)) and config.method != "sample"
+    if config.guided_fallback is None:
+        filled["guided_fallback"] = bool(getattr(model, "guided_fallback", False))
     if config.tag_threshold is None:
         filled["tag_threshold"] = getattr(model, "tag_threshold", 0.1)
     if config.max_tags is None:

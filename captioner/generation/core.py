@@ -7,7 +7,7 @@ import torch
 
 from captioner.generation.config import GenerationConfig, Hypothesis, with_model_defaults
 from captioner.generation.guided import guided_search
-from captioner.generation.search import beam_search, left_to_right
+from captioner.generation.search import plain_search
 from captioner.generation.tags import Tag
 from captioner.models.base import StepDecoder
 from captioner.vocab import Vocabulary
@@ -46,6 +46,4 @@ def generate(decoder: StepDecoder, features: torch.Tensor, vocab: Vocabulary, co
             raise ValueError("guided decoding needs each image's tags: caption through a model "
                              "(Captioner.caption_features) or give GenerationConfig(tags=...)")
         return guided_search(decoder, features, vocab, config, tags)
-    if config.method == "beam":
-        return beam_search(decoder, features, vocab, config)
-    return left_to_right(decoder, features, vocab, config)
+    return plain_search(decoder, features, vocab, config)

@@ -19,7 +19,8 @@ from torch import nn
 
 from captioner.generation.config import GenerationConfig, Hypothesis
 from captioner.generation.constrained import Constraint, constrained_search
-from captioner.generation.tags import Tag, article, constraint_ids, tag_tokens, word_groups
+from captioner.generation.search import plain_search
+from captioner.generation.tags import Tag, article, constraint_ids, names_tag, tag_tokens, word_groups
 from captioner.models.base import reorder_state, select_context
 from captioner.models.vocab_rows import append_rows, single_decoders
 from captioner.vocab import Vocabulary
@@ -125,6 +126,10 @@ def guided_search(decoder, features: torch.Tensor, vocab: Vocabulary, config: Ge
     """Captions that contain each image's tags (one batched constrained search); each hypothesis carries its
     image's tags.
 
+    With ``config.guided_fallback`` every image is captioned plainly first, and only the images whose best plain
+    caption leaves a tag unnamed (:func:`captioner.generation.tags.names_tag`) are searched again with constraints;
+    the others keep their plain hypotheses.
+
     Args:
         decoder: the model's decoder (the search extends a copy when tag words are new to it).
         features: image features ``(B, D)`` or ``(B, L, C)``.
@@ -133,6 +138,24 @@ def guided_search(decoder, features: torch.Tensor, vocab: Vocabulary, config: Ge
         tags: each image's tags.
     """
     add_tag_words(vocab)
+    results: list[list[Hypothesis] | None] = [None] * len(tags)
+    todo = list(range(len(tags)))
+    if config.guided_fallback:
+        results = plain_search(decoder, features, vocab, config)
+        todo = [i for i in todo if not all(names_tag(tag, vocab.decode(results[i][0].tokens).split())
+                                           for tag in tags[i])]
+    if todo:
+        index = torch.tensor(todo, device=features.device)
+        searched = _constrained_search(decoder, features.index_select(0, index), vocab, config,
+                                       [tags[i] for i in todo])
+        for i, hyps in zip(todo, searched):
+            results[i] = hyps
+    return [[dataclasses.replace(h, tags=list(image)) for h in hyps] for hyps, image in zip(results, tags)]
+
+
+def _constrained_search(decoder, features: torch.Tensor, vocab: Vocabulary, config: GenerationConfig,
+                        tags: list[list[Tag]]) -> list[list[Hypothesis]]:
+    """The constrained search of :func:`guided_search` for these images ``(B, ...)`` and their tags."""
     constraints = [[tag_constraint(vocab, tag) for tag in image] for image in tags]
     extended = guided_decoder(decoder, vocab)
     if config.method != "beam":  # greedy: one beam, as greedy search ranks (no length penalty, one caption)
@@ -140,7 +163,7 @@ def guided_search(decoder, features: torch.Tensor, vocab: Vocabulary, config: Ge
     results = constrained_search(extended, features, vocab, config, constraints, plain_vocab=len(vocab))
     if config.return_attention:
         results = read_attention(extended, features, vocab, results)
-    return [[dataclasses.replace(h, tags=list(image)) for h in hyps] for hyps, image in zip(results, tags)]
+    return results
 
 
 def read_attention(decoder, features: torch.Tensor, vocab: Vocabulary,

@@ -18,6 +18,16 @@ from captioner.models.base import StepDecoder, map_tensors, reorder_state, selec
 from captioner.vocab import Vocabulary
 
 
+def plain_search(
+    decoder: StepDecoder, features: torch.Tensor, vocab: Vocabulary, config: GenerationConfig
+) -> list[list[Hypothesis]]:
+    """The search ``config.method`` names, without constraints: :func:`beam_search`, or :func:`left_to_right` for
+    greedy decoding and sampling."""
+    if config.method == "beam":
+        return beam_search(decoder, features, vocab, config)
+    return left_to_right(decoder, features, vocab, config)
+
+
 def left_to_right(
     decoder: StepDecoder, features: torch.Tensor, vocab: Vocabulary, config: GenerationConfig
 ) -> list[list[Hypothesis]]:

@@ -159,6 +159,15 @@ def tag_named(word: str, tokens: set[str] | list[str]) -> bool:
     return False
 
 
+def names_tag(tag: Tag, words: list[str]) -> bool:
+    """True when a caption of these ``words`` already says what ``tag`` asks for: a tag the caller gave, its exact
+    words in a row; an image tag, its word (:func:`tag_named`: singular or plural, or a synonym)."""
+    if tag.kind == "given":
+        want = tag.text.split()
+        return any(words[i : i + len(want)] == want for i in range(len(words) - len(want) + 1))
+    return tag_named(tag.word, words)
+
+
 COMMON_MASS = frozenset({"water", "snow", "grass", "sand", "food", "dirt", "mud", "hair", "coffee", "broccoli"})
 TAG_VERBS = frozenset({"brake", "swing", "slide", "switch", "lock", "drill", "spray", "iron", "plow", "pump", "file",
                        "pick", "scale", "stole", "swab", "fan", "screw", "nail", "hook"})
