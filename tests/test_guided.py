@@ -216,7 +216,7 @@ def test_a_models_tag_calibration_leaves_out_unreliable_words_and_is_saved_with_
 
 
 def test_a_known_word_goes_bare_but_a_phrase_that_says_more_stays_whole():
-    from captioner.generation.guided import tag_constraint
+    from captioner.generation.tags import tag_constraint
     from captioner.generation.tags import Tag
     from captioner.vocab import Vocabulary
 

@@ -18,7 +18,9 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
+import numpy as np
+
+from captioner.arrays import as_array, like
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +46,12 @@ class ConfidenceModel:
     target: str = ""
     data: str = ""
 
-    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
-        """Confidence ``(N,)`` in [0, 1] for signal rows ``(N, len(SIGNALS))``."""
-        x = (rows.double() - torch.tensor(self.mean, dtype=torch.float64)) / torch.tensor(self.scale,
-                                                                                          dtype=torch.float64)
-        return torch.sigmoid(x @ torch.tensor(self.weights, dtype=torch.float64) + self.bias).float()
+    def __call__(self, rows):
+        """Confidence ``(N,)`` in [0, 1] for signal rows ``(N, len(SIGNALS))``: a float32 numpy array, or a tensor
+        for a tensor."""
+        x = (as_array(rows, np.float64) - np.asarray(self.mean)) / np.asarray(self.scale)
+        confidence = (1.0 / (1.0 + np.exp(-(x @ np.asarray(self.weights) + self.bias)))).astype(np.float32)
+        return like(confidence, rows)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=1) + "\n", encoding="utf-8")
@@ -83,40 +86,49 @@ class ConfidenceModel:
         return model
 
 
-def spread(features: torch.Tensor) -> torch.Tensor:
+def spread(features) -> np.ndarray:
     """How much the image varies over its locations ``(B,)``: the mean over channels of the feature map's standard
     deviation over locations (0 for pooled vectors, which have no locations)."""
-    if features.dim() != 3:
-        return features.new_zeros(features.shape[0])
-    return features.float().std(dim=1).mean(dim=1)
+    features = as_array(features, np.float32)
+    if features.ndim != 3:
+        return np.zeros(features.shape[0], dtype=np.float32)
+    return features.std(axis=1, ddof=1).mean(axis=1)
 
 
-def signals(hypotheses: list, logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-    """The signal rows ``(B, len(SIGNALS))`` of each image's best hypothesis.
+def signal_rows(hypotheses: list, logits, features) -> np.ndarray:
+    """The signal rows ``(B, len(SIGNALS))`` (float32) of each image's best hypothesis.
 
     Args:
         hypotheses: each image's best :class:`captioner.generation.Hypothesis`.
-        logits: the encoder's ImageNet logits ``(B, 1000)``.
+        logits: the encoder's ImageNet logits ``(B, 1000)`` (a numpy array or a CPU tensor).
         features: the image features ``(B, D)`` or ``(B, L, C)``.
     """
-    lengths = torch.tensor([len(h.tokens) + 1 for h in hypotheses], dtype=torch.float32)  # <end> counts
-    log_probs = torch.tensor([h.log_prob for h in hypotheses], dtype=torch.float32)
-    top = torch.softmax(logits.float(), dim=1).max(dim=1).values.cpu()
-    return torch.stack([log_probs / lengths, lengths, top, spread(features).cpu()], dim=1)
+    from captioner.generation.tags import softmax
+
+    lengths = np.array([len(h.tokens) + 1 for h in hypotheses], dtype=np.float32)  # <end> counts
+    log_probs = np.array([h.log_prob for h in hypotheses], dtype=np.float32)
+    top = softmax(as_array(logits, np.float32)).max(axis=1)
+    return np.stack([log_probs / lengths, lengths, top, spread(features)], axis=1)
 
 
-def add_confidence(hypotheses: list[list], logits: torch.Tensor, features: torch.Tensor,
-                   model: ConfidenceModel) -> None:
+def signals(hypotheses: list, logits, features):
+    """:func:`signal_rows` as a tensor (for fitting with :func:`fit`)."""
+    import torch
+
+    return torch.from_numpy(signal_rows(hypotheses, logits, features))
+
+
+def add_confidence(hypotheses: list[list], logits, features, model: ConfidenceModel) -> None:
     """Give every hypothesis its confidence (in place); ``hypotheses`` per image, as the search returns them."""
+    logits, features = as_array(logits), as_array(features)
     for rank in range(max((len(h) for h in hypotheses), default=0)):
         images = [i for i, h in enumerate(hypotheses) if rank < len(h)]
-        index = torch.tensor(images)
-        rows = signals([hypotheses[i][rank] for i in images], logits[index], features[index])
+        rows = signal_rows([hypotheses[i][rank] for i in images], logits[images], features[images])
         for i, value in zip(images, model(rows).tolist()):
             hypotheses[i][rank].confidence = value
 
 
-def fit(rows: torch.Tensor, labels: torch.Tensor, l2: float = 1.0, steps: int = 50) -> tuple[list, list, list, float]:
+def fit(rows, labels, l2: float = 1.0, steps: int = 50) -> tuple[list, list, list, float]:
     """Logistic regression by Newton's method (L2-regularised weights, free bias) on standardised signals.
 
     Args:
@@ -126,10 +138,12 @@ def fit(rows: torch.Tensor, labels: torch.Tensor, l2: float = 1.0, steps: int = 
     Returns:
         ``(weights, mean, scale, bias)`` for :class:`ConfidenceModel`.
     """
-    x = rows.double()
+    import torch
+
+    x = torch.as_tensor(rows).double()
     mean, scale = x.mean(dim=0), x.std(dim=0).clamp(min=1e-6)
     z = torch.cat([torch.ones(len(x), 1, dtype=torch.float64), (x - mean) / scale], dim=1)  # (N, 1+S)
-    y = labels.double()
+    y = torch.as_tensor(labels).double()
     theta = torch.zeros(z.shape[1], dtype=torch.float64)
     penalty = torch.full((z.shape[1],), l2, dtype=torch.float64)
     penalty[0] = 0.0

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 
 from captioner.generation.config import GenerationConfig, Hypothesis
-from captioner.generation.constraint_states import Constraint, search_states, transitions
+from captioner.generation.constraint_states import Constraint, normalise, search_states, transitions
 from captioner.generation.logits import block_repeats, masked_log_probs
 from captioner.generation.search import collect_beams
 from captioner.models.base import StepDecoder, map_tensors, reorder_state, select_context
@@ -55,19 +55,12 @@ def constrained_search(decoder: StepDecoder, features: torch.Tensor, vocab: Voca
     Returns:
         For each image, the n best hypotheses of the fullest set of met constraints reached.
     """
-    search = _Batch(decoder, features, vocab, config, [_normalise(c) for c in constraints], plain_vocab or len(vocab))
+    search = _Batch(decoder, features, vocab, config, [normalise(c) for c in constraints], plain_vocab or len(vocab))
     for _ in range(config.max_length):
         if search.step():
             break
     search.finish_all()
     return search.results
-
-
-def _normalise(constraints: list) -> tuple[Constraint, ...]:
-    """Distinct non-empty constraints, shortest first (the state machine depends only on their lengths)."""
-    items = [c if isinstance(c, Constraint) else Constraint(tuple(c)) for c in constraints]
-    unique = list({c.tokens: c for c in items if c.tokens}.values())
-    return tuple(sorted(unique, key=lambda c: len(c.tokens)))
 
 
 class _Group:

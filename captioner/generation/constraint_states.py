@@ -17,6 +17,14 @@ class Constraint:
     at_start: bool = False
 
 
+def normalise(constraints: list) -> tuple[Constraint, ...]:
+    """Distinct non-empty constraints (:class:`Constraint` or token-id lists), shortest first (the state machine
+    depends only on their lengths)."""
+    items = [c if isinstance(c, Constraint) else Constraint(tuple(c)) for c in constraints]
+    unique = list({c.tokens: c for c in items if c.tokens}.values())
+    return tuple(sorted(unique, key=lambda c: len(c.tokens)))
+
+
 def search_states(lengths: tuple[int, ...]) -> list[tuple[frozenset, tuple[int, int] | None]]:
     """The states of the search for constraints of these lengths: each set of met constraints, alone or in the
     middle of a phrase ``(c, k)`` (its first k tokens written). The empty set comes first, the full set last."""
@@ -45,4 +53,4 @@ def transitions(lengths: tuple[int, ...], states: list) -> list[list[tuple[int, 
     return into
 
 
-__all__ = ["Constraint", "search_states", "transitions"]
+__all__ = ["Constraint", "normalise", "search_states", "transitions"]

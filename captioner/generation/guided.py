@@ -18,17 +18,14 @@ import torch
 from torch import nn
 
 from captioner.generation.config import GenerationConfig, Hypothesis
-from captioner.generation.constrained import Constraint, constrained_search
+from captioner.generation.constrained import constrained_search
 from captioner.generation.search import plain_search
-from captioner.generation.tags import Tag, article, constraint_ids, names_tag, tag_tokens, word_groups
+from captioner.generation.tags import Tag, constrained_config, missing_tags, tag_constraint, tag_tokens, word_groups
 from captioner.models.base import reorder_state, select_context
 from captioner.models.vocab_rows import append_rows, single_decoders
 from captioner.vocab import Vocabulary
 
 NEW_ROW_INIT = "group"  # how added words' rows start: "group" or "all" (docs/ablation.md measured both)
-ARTICLES = ("a", "an", "the")
-SUBJECT_FIRST: frozenset[str] = frozenset()  # groups whose unknown words must open the caption (none: measured
-# in docs/ablation.md, the decoder then continues "a zebra in a white shirt ...")
 
 _EXTENDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # decoder -> (extra words, extended copy)
 
@@ -91,35 +88,6 @@ def guided_decoder(decoder, vocab: Vocabulary):
     return cached[1]
 
 
-def tag_constraint(vocab: Vocabulary, tag: Tag) -> Constraint:
-    """The constraint a tag puts on the caption.
-
-    - A word the caller gave: the word, placed freely.
-    - A mass noun or a plural ("broccoli", "jeans"): the word, never right after "a" or "an".
-    - A countable word the decoder knows whose phrase is just the word and its article ("dog"): the word, which the
-      decoder may qualify ("a black dog", "two dogs" are its to write), never after the article it does not take
-      ("a elephant").
-    - A countable word the decoder never learned ("zebra"), or one whose phrase says more than the word ("a cup of
-      coffee", not "a coffee"): the whole phrase with its article, never right after another article.
-    """
-    if tag.kind == "given":
-        return Constraint(tuple(constraint_ids(vocab, tag.text)))
-    word_ids = tuple(constraint_ids(vocab, tag.word))
-    if tag.kind in ("mass", "plural"):
-        return Constraint(word_ids, forbid_before=_ids(vocab, ("a", "an")))
-    bare = tag.text in (tag.word, f"a {tag.word}", f"an {tag.word}")  # not "a cup of coffee": that phrase stays
-    if all(i < len(vocab) for i in word_ids) and bare:
-        wrong = "a" if article(tag.word.split()[0]) == "an" else "an"
-        return Constraint(word_ids, forbid_before=_ids(vocab, (wrong,)))
-    tokens = tuple(constraint_ids(vocab, tag.text))
-    opens = word_groups().get(tag.word) in SUBJECT_FIRST
-    return Constraint(tokens, forbid_before=_ids(vocab, ARTICLES), at_start=opens)
-
-
-def _ids(vocab: Vocabulary, words: tuple[str, ...]) -> tuple[int, ...]:
-    return tuple(vocab.stoi[w] for w in words if w in vocab.stoi)
-
-
 @torch.inference_mode()
 def guided_search(decoder, features: torch.Tensor, vocab: Vocabulary, config: GenerationConfig,
                   tags: list[list[Tag]]) -> list[list[Hypothesis]]:
@@ -142,8 +110,7 @@ def guided_search(decoder, features: torch.Tensor, vocab: Vocabulary, config: Ge
     todo = list(range(len(tags)))
     if config.guided_fallback:
         results = plain_search(decoder, features, vocab, config)
-        todo = [i for i in todo if not all(names_tag(tag, vocab.decode(results[i][0].tokens).split())
-                                           for tag in tags[i])]
+        todo = missing_tags(results, tags, vocab)
     if todo:
         index = torch.tensor(todo, device=features.device)
         searched = _constrained_search(decoder, features.index_select(0, index), vocab, config,
@@ -158,8 +125,7 @@ def _constrained_search(decoder, features: torch.Tensor, vocab: Vocabulary, conf
     """The constrained search of :func:`guided_search` for these images ``(B, ...)`` and their tags."""
     constraints = [[tag_constraint(vocab, tag) for tag in image] for image in tags]
     extended = guided_decoder(decoder, vocab)
-    if config.method != "beam":  # greedy: one beam, as greedy search ranks (no length penalty, one caption)
-        config = dataclasses.replace(config, beam_size=1, length_penalty=0.0, n_best=1)
+    config = constrained_config(config)
     results = constrained_search(extended, features, vocab, config, constraints, plain_vocab=len(vocab))
     if config.return_attention:
         results = read_attention(extended, features, vocab, results)

@@ -13,13 +13,16 @@ uses the copy.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
-import torch
+import numpy as np
 
+from captioner.arrays import as_array
+from captioner.generation.constraint_states import Constraint
 from captioner.vocab import Vocabulary
 
 
@@ -77,8 +80,7 @@ def suppressed_words(calibration: dict | None) -> set[str]:
     return {w for w, (hits, fired) in calibration["words"].items() if fired >= count and hits / fired < low}
 
 
-def tags_from_logits(logits: torch.Tensor, threshold: float, max_tags: int = 2,
-                     calibration: dict | None = None) -> list[list[Tag]]:
+def tags_from_logits(logits, threshold: float, max_tags: int = 2, calibration: dict | None = None) -> list[list[Tag]]:
     """Each image's tags, most probable first.
 
     A word's probability is the sum over its classes of those at or above ``CLASS_FLOOR``: without the floor the
@@ -86,26 +88,39 @@ def tags_from_logits(logits: torch.Tensor, threshold: float, max_tags: int = 2,
     model's tag calibration found unreliable are left out.
 
     Args:
-        logits: the encoder's ImageNet logits ``(B, 1000)``.
+        logits: the encoder's ImageNet logits ``(B, 1000)``: a numpy array or a CPU tensor.
         threshold: the summed probability a word needs.
         max_tags: at most this many tags per image.
         calibration: the model's ``tag_calibration.json`` (None: every word may be used).
     """
-    probs = torch.softmax(logits.float(), dim=1).cpu()  # (B, 1000)
-    probs = probs.masked_fill(probs < CLASS_FLOOR, 0.0)
-    skip = suppressed_words(calibration)
-    words = [entry["word"] for entry in tag_table()]
-    names = sorted(set(words))  # "" (the dropped classes) first
+    probs = softmax(as_array(logits, np.float32))  # (B, 1000)
+    probs[probs < CLASS_FLOOR] = 0.0
+    names, index = _word_columns()
+    summed = np.zeros((probs.shape[0], len(names)), dtype=np.float32)  # (B, W): classes of a word summed
+    np.add.at(summed, (slice(None), index), probs)
     column = {w: i for i, w in enumerate(names)}
-    index = torch.tensor([column[w] for w in words])
-    summed = torch.zeros(probs.shape[0], len(names)).index_add_(1, index, probs)  # (B, W): classes of a word summed
-    summed[:, [column[w] for w in skip | {""} if w in column]] = 0.0
-    entries, out = tag_words(), []
+    summed[:, [column[w] for w in suppressed_words(calibration) | {""} if w in column]] = 0.0
+    entries, out, count = tag_words(), [], min(max_tags, len(names))
     for row in summed:
-        top = row.topk(min(max_tags, len(names)))
-        out.append([Tag(names[i], float(p), entries[names[i]]["phrase"], entries[names[i]]["kind"])
-                    for p, i in zip(top.values.tolist(), top.indices.tolist()) if p >= threshold and names[i]])
+        top = np.argsort(-row, kind="stable")[:count]
+        out.append([Tag(names[i], float(row[i]), entries[names[i]]["phrase"], entries[names[i]]["kind"])
+                    for i in top.tolist() if row[i] >= threshold and names[i]])
     return out
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis of float32 logits ``(B, C)``."""
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+@lru_cache(maxsize=1)
+def _word_columns() -> tuple[list[str], np.ndarray]:
+    """The tag words sorted (``""``, the dropped classes, first) and each class's column among them ``(1000,)``."""
+    words = [entry["word"] for entry in tag_table()]
+    names = sorted(set(words))
+    column = {w: i for i, w in enumerate(names)}
+    return names, np.array([column[w] for w in words])
 
 
 def tag_tokens() -> list[str]:
@@ -168,6 +183,59 @@ def names_tag(tag: Tag, words: list[str]) -> bool:
     return tag_named(tag.word, words)
 
 
+def tag_constraint(vocab: Vocabulary, tag: Tag) -> Constraint:
+    """The constraint a tag puts on the caption.
+
+    - A word the caller gave: the word, placed freely.
+    - A mass noun or a plural ("broccoli", "jeans"): the word, never right after "a" or "an".
+    - A countable word the decoder knows whose phrase is just the word and its article ("dog"): the word, which the
+      decoder may qualify ("a black dog", "two dogs" are its to write), never after the article it does not take
+      ("a elephant").
+    - A countable word the decoder never learned ("zebra"), or one whose phrase says more than the word ("a cup of
+      coffee", not "a coffee"): the whole phrase with its article, never right after another article.
+    """
+    if tag.kind == "given":
+        return Constraint(tuple(constraint_ids(vocab, tag.text)))
+    word_ids = tuple(constraint_ids(vocab, tag.word))
+    if tag.kind in ("mass", "plural"):
+        return Constraint(word_ids, forbid_before=_ids(vocab, ("a", "an")))
+    bare = tag.text in (tag.word, f"a {tag.word}", f"an {tag.word}")  # not "a cup of coffee": that phrase stays
+    if all(i < len(vocab) for i in word_ids) and bare:
+        wrong = "a" if article(tag.word.split()[0]) == "an" else "an"
+        return Constraint(word_ids, forbid_before=_ids(vocab, (wrong,)))
+    tokens = tuple(constraint_ids(vocab, tag.text))
+    opens = word_groups().get(tag.word) in SUBJECT_FIRST
+    return Constraint(tokens, forbid_before=_ids(vocab, ARTICLES), at_start=opens)
+
+
+def _ids(vocab: Vocabulary, words: tuple[str, ...]) -> tuple[int, ...]:
+    return tuple(vocab.stoi[w] for w in words if w in vocab.stoi)
+
+
+def constrained_config(config):
+    """The search a constrained search runs for ``config``: its own beam, or for greedy decoding one beam ranked as
+    greedy search ranks (no length penalty, one caption)."""
+    if config.method == "beam":
+        return config
+    return dataclasses.replace(config, beam_size=1, length_penalty=0.0, n_best=1)
+
+
+def missing_tags(results: list[list], tags: list[list[Tag]], vocab: Vocabulary) -> list[int]:
+    """The images whose best caption leaves one of their tags unnamed (:func:`names_tag`): those guided decoding
+    as a fallback searches again with constraints.
+
+    Args:
+        results: each image's hypotheses, best first (anything with ``tokens``).
+        tags: each image's tags.
+        vocab: the vocabulary the tokens are ids of.
+    """
+    return [i for i, (hyps, image) in enumerate(zip(results, tags))
+            if not all(names_tag(tag, vocab.decode(hyps[0].tokens).split()) for tag in image)]
+
+
+ARTICLES = ("a", "an", "the")
+SUBJECT_FIRST: frozenset[str] = frozenset()  # groups whose unknown words must open the caption (none: measured
+# in docs/ablation.md, the decoder then continues "a zebra in a white shirt ...")
 COMMON_MASS = frozenset({"water", "snow", "grass", "sand", "food", "dirt", "mud", "hair", "coffee", "broccoli"})
 TAG_VERBS = frozenset({"brake", "swing", "slide", "switch", "lock", "drill", "spray", "iron", "plow", "pump", "file",
                        "pick", "scale", "stole", "swab", "fan", "screw", "nail", "hook"})
