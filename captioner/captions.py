@@ -4,12 +4,13 @@ attention of each word; and the :class:`GenerationConfig` its keyword settings d
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from captioner.generation import GenerationConfig, Hypothesis
 from captioner.vocab import Vocabulary
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclasses.dataclass

@@ -4,9 +4,9 @@ A model directory holds ``model.safetensors`` (decoder weights, plus encoder wei
 fine-tuned), ``config.json`` (:class:`captioner.config.ModelConfig`), ``vocab.json`` and a ``README.md`` model card
 (:mod:`captioner.models.files`). Nothing is pickled.
 
-:class:`ImageCaptioning` is what the PyTorch :class:`Captioner` and the ONNX Runtime captioner
-(:class:`captioner.export.runtime.OnnxCaptioner`) share: images → pixels → features → image tags (for guided
-decoding) → :func:`captioner.generation.generate`, the one search entry point of both backends.
+:class:`Captioner` captions through :class:`captioner.captioning.ImageCaptioning`, which the ONNX Runtime captioner
+(:class:`captioner.export.runtime.OnnxCaptioner`) shares: images → pixels → features → image tags (for guided
+decoding) → :func:`captioner.generation.generate`.
 """
 
 from __future__ import annotations
@@ -16,21 +16,16 @@ import hashlib
 import json
 import shutil
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
-from PIL import Image
 from torch import nn
 
+from captioner.captioning import ImageCaptioning
 from captioner.config import ModelConfig, to_json
 from captioner.devices import resolve_device
 from captioner.fileio import save_error
-from captioner.generation import GenerationConfig, Hypothesis, Tag, generate, tags_from_logits
-from captioner.generation.confidence import CONFIDENCE_FILE, ConfidenceModel, add_confidence
-from captioner.generation.config import with_model_defaults
-from captioner.image_inputs import as_rgb_image, is_batch
+from captioner.generation.confidence import CONFIDENCE_FILE, ConfidenceModel
 from captioner.models import encoders
 from captioner.models.factory import build_decoder
 from captioner.models.files import (
@@ -48,85 +43,7 @@ from captioner.models.files import (
     validate_model_dir,
 )
 from captioner.models.transforms import make_transform
-from captioner.captions import Caption, generation_config
 from captioner.vocab import Vocabulary
-
-
-class ImageCaptioning:
-    """Captioning of PIL images for anything with ``transform`` (image → ``(3, H, W)``), ``encode`` (pixels →
-    features), ``decoder`` (the decoder contract of :mod:`captioner.models.base`), ``vocab``, ``imagenet_logits``
-    (features → the encoder's ImageNet logits, for guided decoding) and ``tag_calibration``."""
-
-    tag_calibration: dict | None = None
-    confidence_model: ConfidenceModel | None = None
-    feature_key_suffix = ""  # told apart in the feature cache from other backends' features of the same encoder
-
-    def caption_images(
-        self, images: Sequence[Image.Image], config: GenerationConfig | None = None
-    ) -> list[list[Hypothesis]]:
-        """Preprocess, encode and search RGB PIL images; hypotheses per image, best first."""
-        if not images:
-            return []
-        pixels = torch.stack([self.transform(img) for img in images])  # (B, 3, H, W)
-        return self.caption_features(self.encode(pixels), config)
-
-    def caption(self, images: Any, config: GenerationConfig | None = None,
-                **settings: Any) -> Caption | list[Caption]:
-        """Caption one image or a list of images, whatever form they come in.
-
-        Args:
-            images: a path (``str`` or :class:`pathlib.Path`), the bytes of an image file, a PIL image of any mode, a
-                numpy array ``(H, W[, C])`` or a torch tensor ``([C,] H, W)``, or a list of these
-                (:mod:`captioner.image_inputs`); files are read by the command line's loader.
-            config: the search (:class:`GenerationConfig`); the default is the CLI's (beam 3, the model's own
-                guided-decoding and repetition settings).
-            **settings: :class:`GenerationConfig` fields that override ``config``'s (``beam_size=5, n_best=3,
-                return_attention=True``).
-
-        Returns:
-            One :class:`Caption` for one image; a list of them, in order, for a list.
-
-        Raises:
-            ValueError: an unknown or invalid setting, or an array that is not a picture.
-            TypeError: an input of a kind not listed above.
-            captioner.images.ImageLoadError: a file that cannot be read as an image (the message names it).
-        """
-        config = generation_config(config, settings)
-        batch = list(images) if is_batch(images) else [images]
-        side = self.config.preprocess.resize
-        pictures = [as_rgb_image(image, min_side=side) for image in batch]
-        results = [Caption.from_hypotheses(hyps, self.vocab) for hyps in self.caption_images(pictures, config)]
-        return results if is_batch(images) else results[0]
-
-    def image_tags(self, features: torch.Tensor, config: GenerationConfig | None = None) -> list[list[Tag]]:
-        """Each image's tags from the encoder's ImageNet head (``config``'s threshold and maximum count, the model's
-        own where it leaves them open; words the model's tag calibration found unreliable left out), most probable
-        first."""
-        config = with_model_defaults(config or GenerationConfig(), self.decoder)
-        return tags_from_logits(self.imagenet_logits(features), config.tag_threshold, config.max_tags,
-                                self.tag_calibration)
-
-    def caption_features(self, features: torch.Tensor,
-                         config: GenerationConfig | None = None) -> list[list[Hypothesis]]:
-        """Search captions for image features (``(B, D)`` or ``(B, L, C)``, as :meth:`encode` gives them); see
-        :func:`captioner.generation.generate`. Guided decoding asks :meth:`image_tags` for the images' tags."""
-        config = with_model_defaults(config or GenerationConfig(), self.decoder)
-        logits, tags = None, None
-        if config.guided and not config.tags:
-            logits = self.imagenet_logits(features)
-            tags = tags_from_logits(logits, config.tag_threshold, config.max_tags, self.tag_calibration)
-        hyps = generate(self.decoder, self.search_features(features), self.vocab, config, tags=tags)
-        if self.confidence_model is not None and hyps:
-            try:
-                logits = self.imagenet_logits(features) if logits is None else logits
-            except ValueError:  # no ImageNet head: no confidence
-                return hyps
-            add_confidence(hyps, logits, features, self.confidence_model)
-        return hyps
-
-    def search_features(self, features: torch.Tensor) -> torch.Tensor:
-        """Features as this backend's decoder reads them (the PyTorch model moves them to its device)."""
-        return features
 
 
 class Captioner(ImageCaptioning, nn.Module):

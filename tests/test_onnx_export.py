@@ -23,7 +23,8 @@ from captioner.cli import main  # noqa: E402
 from captioner.cli.common import CliError  # noqa: E402
 from captioner.cli.export import check_out  # noqa: E402
 from captioner.export.onnx import EXPORT_FILES, MANIFEST, export_onnx
-from captioner.export.runtime import OnnxCaptioner, compare_backends
+from captioner.export.runtime import OnnxCaptioner
+from captioner.export.torch_decoder import compare_backends
 from captioner.generation import GenerationConfig
 from captioner.images import load_image  # noqa: E402
 from captioner.models.encoders import ImageEncoder
@@ -32,6 +33,12 @@ from captioner.pipeline import Captioner
 OLD_MODELS = Path(__file__).parent / "fixtures" / "old_models"
 SEARCHES = {"greedy": GenerationConfig(method="greedy", max_length=12),
             "beam3": GenerationConfig(beam_size=3, n_best=3, max_length=12)}
+MORE_SEARCHES = {  # the numpy search's other rules, against PyTorch's (tests/test_array_search.py: the pieces)
+    "greedy_ngram": GenerationConfig(method="greedy", max_length=12, no_repeat_ngram=2),
+    "beam4_penalty_ngram": GenerationConfig(beam_size=4, n_best=2, max_length=12, length_penalty=0.7,
+                                            no_repeat_ngram=3),
+    "beam2": GenerationConfig(beam_size=2, max_length=15),
+}
 TINY = {  # ModelConfig fields over tiny_config; a 12-channel encoder (7 x 7 map at 224 px)
     "pooled_lstm": dict(encoder_dim=12),
     "gru_init_only_2layers": dict(encoder_dim=12, cell="gru", inject="init_only", num_layers=2),
@@ -84,6 +91,110 @@ def test_tiny_models_caption_identically_with_onnxruntime(tiny_exports, name, se
     assert _tokens(got) == _tokens(want)
     assert [h.log_prob for image in got for h in image] == pytest.approx(
         [h.log_prob for image in want for h in image], abs=1e-4)
+
+
+@pytest.mark.parametrize("search", sorted(MORE_SEARCHES))
+@pytest.mark.parametrize("name", ["attention", "gru_init_only_2layers"])
+def test_the_numpy_search_follows_the_torch_search(tiny_exports, name, search):
+    model, exported = tiny_exports[name]
+    images = _images(6)
+    want = model.caption_images(images, MORE_SEARCHES[search])
+    got = exported.caption_images(images, MORE_SEARCHES[search])
+    assert "torch" not in type(got[0][0].log_prob).__module__
+    assert _tokens(got) == _tokens(want)
+    assert [h.score for image in got for h in image] == pytest.approx(
+        [h.score for image in want for h in image], abs=1e-4)
+
+
+def test_settled_images_leave_the_numpy_beam_search_with_the_same_captions(tmp_path, monkeypatch):
+    """Images whose answer is settled leave the batch (fewer rows per step), and each image gets the caption it
+    gets alone."""
+    from conftest import WORDS
+
+    from captioner.vocab import Vocabulary
+
+    vocab = Vocabulary(WORDS)
+    torch.manual_seed(3)
+    config = tiny_config(len(vocab), **TINY["attention"])
+    model = Captioner(config, vocab, encoder=tiny_encoder(True)).eval()
+    with torch.no_grad():
+        model.decoder.head.bias[vocab.end_id] += 0.35  # some images' captions end at once, others run on
+    export_onnx(model, tmp_path / "ending")
+    exported = OnnxCaptioner(tmp_path / "ending")
+    features = np.random.default_rng(0).normal(size=(6, 49, 12)).astype(np.float32) * 4  # images far apart
+    config = GenerationConfig(beam_size=3, n_best=2, max_length=15)
+    alone = [exported.caption_features(features[i : i + 1], config)[0] for i in range(6)]
+    rows, step = [], exported.decoder.step
+
+    def counting(tokens, context, state):
+        rows.append(len(tokens))
+        return step(tokens, context, state)
+
+    monkeypatch.setattr(exported.decoder, "step", counting)
+    together = exported.caption_features(features, config)
+    assert _tokens(together) == _tokens(alone) == _tokens(model.caption_features(torch.from_numpy(features), config))
+    assert rows[0] == 18 and rows[-1] < 18  # images left before the longest one ended
+
+
+def test_the_onnx_captioner_gives_back_what_it_is_given(tiny_exports):
+    _, exported = tiny_exports["attention"]
+    pixels = np.stack([exported.array_transform(image) for image in _images(2)])  # (2, 3, H, W) float32
+    features = exported.encode(pixels)
+    assert isinstance(features, np.ndarray) and features.shape[:2] == (2, 49)
+    tensor = exported.encode(torch.from_numpy(pixels))
+    assert isinstance(tensor, torch.Tensor) and torch.equal(tensor, torch.from_numpy(features))
+    assert np.array_equal(exported.encode_images(_images(2)), features)
+
+
+CONSTRAINED = {
+    "beam3_nbest2": GenerationConfig(beam_size=3, n_best=2, max_length=12),
+    "beam4_penalty_ngram": GenerationConfig(beam_size=4, max_length=12, length_penalty=0.7, no_repeat_ngram=2),
+    "one_beam": GenerationConfig(beam_size=1, max_length=12, length_penalty=0.0),
+}
+
+
+@pytest.mark.parametrize("search", sorted(CONSTRAINED))
+@pytest.mark.parametrize("name", ["attention", "pooled_lstm"])
+def test_the_numpy_constrained_search_follows_the_torch_one(tiny_exports, name, search):
+    """The same graphs searched by both constrained searches: words, phrases, tokens refused before a constraint,
+    an opener, a tag word the vocabulary lacks, images with no constraint and with constraints of other lengths."""
+    from captioner.export.torch_decoder import TorchOrtDecoder
+    from captioner.generation import array_constrained, constrained
+    from captioner.generation.constraint_states import Constraint
+
+    _, exported = tiny_exports[name]
+    vocab, ids = exported.vocab, exported.vocab.stoi
+    zebra = vocab.extra.index("zebra") + len(vocab)  # a row the export made for a tag word
+    constraints = [
+        [Constraint((ids["dog"],))],
+        [Constraint((ids["red"], ids["ball"]), forbid_before=(ids["a"],))],
+        [Constraint((ids["cat"],)), Constraint((ids["the"], ids["grass"]))],
+        [],
+        [Constraint((zebra,), at_start=True), Constraint((ids["blue"],), forbid_before=(ids["the"], ids["on"]))],
+        [Constraint((ids["a"], zebra), forbid_before=(ids["a"],)), Constraint((ids["runs"],))],
+    ]
+    features = np.random.default_rng(1).normal(size=(6, *exported.encode_images(_images(1)).shape[1:]))
+    features = features.astype(np.float32)
+    decoder, config = exported.decoder.with_extra_rows(vocab), CONSTRAINED[search]
+    want = constrained.constrained_search(TorchOrtDecoder(decoder), torch.from_numpy(features), vocab, config,
+                                          constraints, plain_vocab=len(vocab))
+    got = array_constrained.constrained_search(decoder, features, vocab, config, constraints,
+                                               plain_vocab=len(vocab))
+    assert _tokens(got) == _tokens(want)
+    assert [h.log_prob for image in got for h in image] == pytest.approx(
+        [h.log_prob for image in want for h in image], abs=1e-4)
+    assert any(zebra in h.tokens for image in got for h in image)
+
+
+@pytest.mark.parametrize("fallback", [False, True])
+def test_guided_captions_with_given_tags_follow_pytorch(tiny_exports, fallback):
+    model, exported = tiny_exports["attention"]
+    config = GenerationConfig(tags=("red ball", "cat"), guided_fallback=fallback, max_length=12)
+    images = _images(4)
+    want, got = model.caption_images(images, config), exported.caption_images(images, config)
+    assert _tokens(got) == _tokens(want)
+    assert all(h.tags == ["red ball", "cat"] or [t.text for t in h.tags] == ["red ball", "cat"]
+               for image in got for h in image)
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
@@ -142,10 +253,13 @@ def demo_photos(shared_data) -> list[Path]:
 
 
 @pytest.mark.slow
-def test_default_model_greedy_captions_are_identical_on_the_demo_photos(default_export, demo_photos, capsys):
+@pytest.mark.parametrize("search", [["--beam-size", "1"], [], ["--guide-always"], ["--plain", "--beam-size", "5"]])
+def test_default_model_captions_are_identical_on_the_demo_photos(default_export, demo_photos, capsys, search):
+    """PyTorch and ONNX Runtime give the same captions: greedy, the default (beam 3, guided as a fallback: numpy's
+    beam search, then the constrained search through PyTorch for the photos that need it), always guided, plain."""
     capsys.readouterr()
-    common = ["caption", *map(str, demo_photos), "--beam-size", "1", "--batch-size", "8"]
-    assert main(common) == 0
+    common = ["caption", *map(str, demo_photos), *search, "--batch-size", "8"]
+    assert main([*common, "--backend", "torch"]) == 0
     want = capsys.readouterr().out
     assert main([*common, "--backend", "onnxruntime", "--model", str(default_export)]) == 0
     got = capsys.readouterr().out

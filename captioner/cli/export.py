@@ -62,7 +62,8 @@ def _check(model, out: Path) -> str:
         return "not compared with PyTorch (onnxruntime is not installed)"
     import torch
 
-    from captioner.export.runtime import OnnxCaptioner, compare_backends
+    from captioner.export.runtime import OnnxCaptioner
+    from captioner.export.torch_decoder import compare_backends
 
     side = model.config.preprocess.crop
     diffs = compare_backends(model, OnnxCaptioner(out), torch.randn(2, 3, side, side))

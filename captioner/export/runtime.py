@@ -1,26 +1,32 @@
-"""Caption with ONNX Runtime from a directory written by :func:`captioner.export.onnx.export_onnx`.
+"""Caption with ONNX Runtime from a directory written by :func:`captioner.export.onnx.export_onnx`, without PyTorch.
 
-:class:`OrtDecoder` runs the exported init and step graphs behind the decoder contract of
-:mod:`captioner.models.base` (``config``, ``start``, ``step``), so :func:`captioner.generation.generate` searches
-with it exactly as with a PyTorch decoder: greedy, beam, sampling and guided decoding are the same code. Its context
-and state are flat tuples of CPU tensors (context rows on dimension 0, state rows on dimension 1), which the search
-repeats and reorders like any other. :class:`OnnxCaptioner` adds the encoder and classifier graphs and the
-preprocessing recorded in the config. :func:`load_onnx` is what the commands use (with
-:func:`captioner.export.sessions.choose_backend`): ONNX Runtime on the CPU by default, each model directory exported
-once into the cache, its sessions made while torch is imported (:func:`captioner.export.sessions.open_export`).
+:class:`OrtDecoder` runs the exported init and step graphs on numpy arrays behind the decoder contract of
+:mod:`captioner.models.base` (``config``, ``start``, ``step``): its context and state are flat tuples of arrays
+(context rows on axis 0, state rows on axis 1). :class:`OnnxCaptioner` adds the encoder and classifier graphs and the
+preprocessing recorded in the config (in numpy, :mod:`captioner.models.resample`), and searches with
+:mod:`captioner.generation.array_search`: a cold ``captioner caption ONE.jpg`` never imports PyTorch. What that
+searches and :mod:`captioner.generation.array_constrained` (guided decoding) do not do (sampling, attention
+weights) runs :func:`captioner.generation.generate` on PyTorch tensors through :class:`captioner.export.
+torch_decoder.TorchOrtDecoder`, the same graphs, importing PyTorch then.
 
+:func:`load_onnx` is what the commands use (with :func:`captioner.export.sessions.choose_backend`): ONNX Runtime on
+the CPU by default, each model directory exported once into the cache (which needs PyTorch, once).
 onnxruntime is imported only in :mod:`captioner.export`, when this backend is used.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
-import torch
 
+from captioner.arrays import as_array, like
+from captioner.captioning import ImageCaptioning
 from captioner.config import ModelConfig, from_json
 from captioner.export.layout import (  # noqa: F401  (ExportLoadError, check_export_dir, default_export_dir: also here)
     ExportLoadError,
@@ -37,11 +43,12 @@ from captioner.export.sessions import (  # noqa: F401  (BACKENDS, choose_backend
     graph_session,
     open_export,
 )
+from captioner.generation import array_constrained, array_search
 from captioner.generation.confidence import ConfidenceModel
-from captioner.models.base import DecoderStep
+from captioner.generation.config import GenerationConfig, Hypothesis
+from captioner.generation.tags import Tag, constrained_config, missing_tags, tag_constraint
 from captioner.models.files import load_tag_calibration
-from captioner.models.transforms import make_transform
-from captioner.pipeline import ImageCaptioning
+from captioner.models.resample import ArrayTransform
 from captioner.vocab import Vocabulary
 
 logger = logging.getLogger(__name__)
@@ -71,15 +78,20 @@ def default_export() -> Path:
     return cached_export("default")
 
 
-def _numpy(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.detach().cpu().contiguous().numpy()
+class ArrayStep(NamedTuple):
+    """One decoder step on arrays: logits ``(B, V)``, the new state and, for attention models, the weights
+    ``(B, L)``."""
+
+    logits: np.ndarray
+    state: tuple
+    attention: np.ndarray | None
 
 
 class OrtDecoder:
-    """The exported decoder behind the interface :func:`captioner.generation.generate` drives.
+    """The exported decoder behind the interface the searches drive, on numpy arrays.
 
     Args:
-        config: the model configuration (``generate`` reads ``config.attention``).
+        config: the model configuration (the searches read ``config.attention`` and the model's defaults).
         init_session, step_session: sessions of ``decoder_init.onnx`` and ``decoder_step.onnx``.
         manifest: the export's manifest (names of the context and state tensors).
     """
@@ -108,35 +120,39 @@ class OrtDecoder:
         view.width = self.config.vocab_size + len(vocab.extra)
         return view
 
-    def start(self, features: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-        """Per-image context (tensors with rows on dimension 0) and initial state (``(layers, B, H)`` tensors)
-        for features ``(B, D)`` or ``(B, L, C)``."""
-        outs = self.init_session.run(None, {"features": _numpy(features.float())})
-        tensors = tuple(torch.from_numpy(o) for o in outs)
-        return tensors[: len(self.context_names)], tensors[len(self.context_names) :]
+    def start(self, features: np.ndarray) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+        """Per-image context (arrays with rows on axis 0) and initial state (``(layers, B, H)`` arrays) for
+        features ``(B, D)`` or ``(B, L, C)``."""
+        outs = self.init_session.run(None, {"features": np.ascontiguousarray(features, dtype=np.float32)})
+        return tuple(outs[: len(self.context_names)]), tuple(outs[len(self.context_names) :])
 
-    def step(self, tokens: torch.Tensor, context: tuple, state: tuple) -> DecoderStep:
+    def step(self, tokens: np.ndarray, context: tuple, state: tuple) -> ArrayStep:
         """One step: ids ``(B,)`` → logits ``(B, V)`` (an ensemble's mean log-probabilities), the new state and,
         for attention models, the weights ``(B, L)``."""
-        feed = {"tokens": _numpy(tokens)}
-        feed.update({name: _numpy(t) for name, t in zip(self.context_names, context)})
-        feed.update({name: _numpy(t) for name, t in zip(self.state_names, state)})
-        outs = [torch.from_numpy(o) for o in self.step_session.run(None, feed)]
+        feed = {"tokens": np.ascontiguousarray(tokens, dtype=np.int64)}
+        feed.update({name: np.ascontiguousarray(t) for name, t in zip(self.context_names, context)})
+        feed.update({name: np.ascontiguousarray(t) for name, t in zip(self.state_names, state)})
+        outs = self.step_session.run(None, feed)
         count = len(self.state_names)
         logits = outs[0][:, : self.width] if outs[0].shape[1] > self.width else outs[0]
-        return DecoderStep(logits, tuple(outs[1 : 1 + count]), outs[1 + count] if self.attention else None)
+        return ArrayStep(logits, tuple(outs[1 : 1 + count]), outs[1 + count] if self.attention else None)
 
 
 class OnnxCaptioner(ImageCaptioning):
     """An exported model run by ONNX Runtime, with the captioning methods of :class:`captioner.pipeline.Captioner`.
 
+    Its methods take numpy arrays or PyTorch tensors and give back the same kind; captioning PIL images works on
+    arrays throughout (see the module's docstring for when PyTorch is imported).
+
     Args:
         directory: the export directory.
-        threads: intra-op threads per session (None: :func:`captioner.export.sessions.default_threads`, torch's).
+        threads: intra-op threads per session (None: :func:`captioner.export.sessions.default_threads`).
         sessions: sessions already made of some of its graphs, by name (:class:`captioner.export.sessions.
-            OpeningExport` makes them while torch is imported); the others are made here, the classifier's on first
-            use (only guided decoding and confidence need it).
+            OpeningExport` makes them on a thread); the others are made here, the classifier's on first use (only
+            guided decoding and confidence need it).
     """
+
+    feature_key_suffix = "|onnxruntime"  # ONNX Runtime's features differ from PyTorch's in the last bits
 
     def __init__(self, directory: str | Path, threads: int | None = None, sessions: dict | None = None) -> None:
         directory = Path(directory)
@@ -152,7 +168,8 @@ class OnnxCaptioner(ImageCaptioning):
             self.vocab.add_extra(word)
         self.tag_calibration = load_tag_calibration(directory)
         self.confidence_model = ConfidenceModel.from_dir(directory)
-        self.transform = make_transform(self.config.preprocess)
+        self.array_transform = ArrayTransform(self.config.preprocess)
+        self._transform = None
 
     def session(self, name: str):
         """The ONNX Runtime session of the graph ``name`` (``encoder``, ``decoder_init``, ``decoder_step``,
@@ -173,15 +190,28 @@ class OnnxCaptioner(ImageCaptioning):
         None when the encoder has no ImageNet head."""
         return self.session("classifier")
 
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Preprocessed images ``(B, 3, H, W)`` → features ``(B, D)`` or ``(B, L, C)`` (float32)."""
-        return torch.from_numpy(self.encoder.run(None, {"pixels": _numpy(pixels.float())})[0])
+    @property
+    def transform(self):
+        """PIL image → normalised tensor ``(3, H, W)`` (PyTorch's; :meth:`encode_images` uses the numpy one, which
+        gives the same numbers)."""
+        if self._transform is None:
+            from captioner.models.transforms import make_transform
 
-    feature_key_suffix = "|onnxruntime"  # ONNX Runtime's features differ from PyTorch's in the last bits
+            self._transform = make_transform(self.config.preprocess)
+        return self._transform
 
-    def search_features(self, features: torch.Tensor) -> torch.Tensor:
+    def encode_images(self, images: Sequence) -> np.ndarray:
+        """Preprocess (in numpy) and encode RGB PIL images: features ``(B, D)`` or ``(B, L, C)``."""
+        return self.encode(np.stack([self.array_transform(image) for image in images]))  # (B, 3, H, W)
+
+    def encode(self, pixels: Any) -> Any:
+        """Preprocessed images ``(B, 3, H, W)`` → features ``(B, D)`` or ``(B, L, C)`` (float32), an array or a
+        tensor as given."""
+        return like(self.encoder.run(None, {"pixels": as_array(pixels, np.float32)})[0], pixels)
+
+    def search_features(self, features: Any) -> Any:
         """The graphs run on the CPU."""
-        return features.cpu()
+        return features.cpu() if hasattr(features, "cpu") else features
 
     def weights_sha256(self) -> str:
         """The exported model's :meth:`captioner.pipeline.Captioner.weights_sha256` (exports older than format 2:
@@ -191,8 +221,9 @@ class OnnxCaptioner(ImageCaptioning):
         step_graph = self.directory / self.manifest["graphs"]["decoder_step"]
         return self.manifest.get("model_sha256") or file_sha256(step_graph)
 
-    def imagenet_logits(self, features: torch.Tensor) -> torch.Tensor:
-        """The encoder's ImageNet logits ``(B, 1000)`` from the classifier graph, for guided decoding.
+    def imagenet_logits(self, features: Any) -> Any:
+        """The encoder's ImageNet logits ``(B, 1000)`` from the classifier graph, for guided decoding (an array or a
+        tensor as given).
 
         Raises:
             ValueError: the export has none (an older export, or an encoder without an ImageNet head).
@@ -201,36 +232,46 @@ class OnnxCaptioner(ImageCaptioning):
             raise ValueError(f"the ONNX export {self.directory} has no ImageNet classifier graph, which guided "
                              "decoding needs for its image tags; export the model again with this captioner, caption "
                              "with --plain, or use the PyTorch backend (--backend torch)")
-        return torch.from_numpy(self.classifier.run(None, {"features": _numpy(features.float())})[0])
+        return like(self.classifier.run(None, {"features": as_array(features, np.float32)})[0], features)
 
+    def search(self, features: Any, config: GenerationConfig, tags: list[list[Tag]] | None) -> list[list[Hypothesis]]:
+        """Search captions (``config`` with the model's defaults filled in) in numpy: beam or greedy search, and for
+        guided decoding the constrained search (as a fallback, only for the images whose plain caption misses a
+        tag); sampling and attention weights through PyTorch (:meth:`torch_search`)."""
+        if not array_search.supports(config):
+            return self.torch_search(features, config, tags)
+        arrays = as_array(features, np.float32)
+        if not (config.guided or config.tags):
+            return array_search.array_search(self.decoder, arrays, self.vocab, config)
+        if config.tags:
+            tags = [[Tag(word, 1.0) for word in config.tags] for _ in range(len(arrays))]
+        elif tags is None or len(tags) != len(arrays):
+            raise ValueError("guided decoding needs each image's tags: caption through caption_features or give "
+                             "GenerationConfig(tags=...)")
+        results: list = [None] * len(arrays)
+        todo = list(range(len(arrays)))
+        if config.guided_fallback:
+            results = array_search.array_search(self.decoder, arrays, self.vocab, config)
+            todo = missing_tags(results, tags, self.vocab)
+        if todo:
+            constraints = [[tag_constraint(self.vocab, tag) for tag in tags[i]] for i in todo]
+            searched = array_constrained.constrained_search(
+                self.decoder.with_extra_rows(self.vocab), arrays[todo], self.vocab, constrained_config(config),
+                constraints, plain_vocab=len(self.vocab))
+            for i, hyps in zip(todo, searched):
+                results[i] = hyps
+        return [[dataclasses.replace(h, tags=list(image)) for h in hyps] for hyps, image in zip(results, tags)]
 
-@torch.inference_mode()
-def compare_backends(model, onnx_model: OnnxCaptioner, pixels: torch.Tensor, steps: int = 3) -> dict[str, float]:
-    """Largest differences between a PyTorch model and its export: encoder features, then the step logits of
-    ``steps`` greedy steps (both backends fed PyTorch's greedy tokens, each carrying its own state).
+    def torch_search(self, features: Any, config: GenerationConfig,
+                     tags: list[list[Tag]] | None) -> list[list[Hypothesis]]:
+        """:func:`captioner.generation.generate` through the PyTorch view of the decoder (imports PyTorch)."""
+        import torch
 
-    Args:
-        model: the :class:`captioner.pipeline.Captioner` that was exported.
-        onnx_model: its export.
-        pixels: preprocessed images ``(B, 3, H, W)``.
-        steps: decoding steps to compare.
+        from captioner.export.torch_decoder import TorchOrtDecoder
+        from captioner.generation.core import generate
 
-    Returns:
-        ``{"features": max |diff|, "logits": max |diff| over all steps}``.
-    """
-    features = model.encode(pixels)  # (B, ...) float32
-    feature_diff = float((features - onnx_model.encode(pixels)).abs().max())
-    torch_context, torch_state = model.decoder.start(features)
-    ort_context, ort_state = onnx_model.decoder.start(features)
-    tokens = torch.full((features.shape[0],), model.vocab.start_id, dtype=torch.long)
-    logit_diff = 0.0
-    for _ in range(steps):
-        want = model.decoder.step(tokens, torch_context, torch_state)
-        got = onnx_model.decoder.step(tokens, ort_context, ort_state)
-        logit_diff = max(logit_diff, float((want.logits - got.logits).abs().max()))
-        torch_state, ort_state = want.state, got.state
-        tokens = want.logits.argmax(dim=-1)
-    return {"features": feature_diff, "logits": logit_diff}
+        tensors = torch.from_numpy(np.ascontiguousarray(as_array(features, np.float32)))
+        return generate(TorchOrtDecoder(self.decoder), tensors, self.vocab, config, tags=tags)
 
 
 def load_onnx(model: str | Path | None = None, threads: int | None = None,
@@ -240,9 +281,9 @@ def load_onnx(model: str | Path | None = None, threads: int | None = None,
 
     Args:
         model: the export or model directory.
-        threads: intra-op threads per session (None: torch's).
-        opening: :func:`captioner.export.sessions.open_export` of the same ``model``, started before torch was
-            imported (the sessions are then already loading); None opens it here.
+        threads: intra-op threads per session (None: :func:`captioner.export.sessions.default_threads`).
+        opening: :func:`captioner.export.sessions.open_export` of the same ``model``, started earlier (the
+            sessions are then already loading); None opens it here.
     """
     opening = opening or open_export(model, threads)
     directory, manifest, sessions = opening.result()

@@ -180,9 +180,7 @@ def _search(model, images: list, config: GenerationConfig, show_tags: bool) -> t
     if not show_tags:
         hyps = model.caption_images(images, config)
         return hyps, [h[0].tags for h in hyps]
-    import torch
-
-    features = model.encode(torch.stack([model.transform(image) for image in images]))  # (B, ...)
+    features = model.encode_images(images)  # (B, ...)
     hyps = model.caption_features(features, config)
     tags = [h[0].tags if h[0].tags is not None else None for h in hyps]
     if any(t is None for t in tags):
