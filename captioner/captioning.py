@@ -27,11 +27,15 @@ class ImageCaptioning:
     confidence_model: ConfidenceModel | None = None
     feature_key_suffix = ""  # told apart in the feature cache from other backends' features of the same encoder
 
-    def encode_images(self, images: Sequence[Image.Image]):
-        """Preprocess and encode RGB PIL images: features ``(B, D)`` or ``(B, L, C)``."""
+    def preprocess(self, images: Sequence[Image.Image]):
+        """RGB PIL images → normalised pixels ``(B, 3, H, W)``, as :meth:`encode` takes them."""
         import torch
 
-        return self.encode(torch.stack([self.transform(img) for img in images]))  # (B, 3, H, W) -> features
+        return torch.stack([self.transform(img) for img in images])
+
+    def encode_images(self, images: Sequence[Image.Image]):
+        """Preprocess and encode RGB PIL images: features ``(B, D)`` or ``(B, L, C)``."""
+        return self.encode(self.preprocess(images))
 
     def caption_images(
         self, images: Sequence[Image.Image], config: GenerationConfig | None = None

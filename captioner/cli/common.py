@@ -171,7 +171,7 @@ def load_captioner(args: argparse.Namespace):
             print(f"note: using PyTorch: {reason}", file=sys.stderr)
         return load_model(args.model, args.device)
     try:
-        opening = open_export(args.model)  # the graphs load on a thread while torch is imported just below
+        opening = open_export(args.model)  # the graphs load on a thread while the runtime is imported
         from captioner.export.runtime import load_onnx
 
         return load_onnx(args.model, opening=opening)

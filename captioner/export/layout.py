@@ -1,8 +1,8 @@
 """An ONNX export directory without PyTorch: its file names and manifest, where a model directory's export is kept in
 the cache, and the check that a directory is a usable export.
 
-Nothing here imports torch or onnxruntime, so that a cold ``captioner caption`` can find and check its export (and
-:mod:`captioner.export.sessions` load the graphs) while torch is still being imported.
+Nothing here imports torch or onnxruntime, so that a cold ``captioner caption`` finds and checks its export (and
+:mod:`captioner.export.sessions` loads the graphs) without either until a session is made.
 """
 
 from __future__ import annotations

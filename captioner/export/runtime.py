@@ -192,7 +192,7 @@ class OnnxCaptioner(ImageCaptioning):
 
     @property
     def transform(self):
-        """PIL image → normalised tensor ``(3, H, W)`` (PyTorch's; :meth:`encode_images` uses the numpy one, which
+        """PIL image → normalised tensor ``(3, H, W)`` (PyTorch's; :meth:`preprocess` uses the numpy one, which
         gives the same numbers)."""
         if self._transform is None:
             from captioner.models.transforms import make_transform
@@ -200,9 +200,9 @@ class OnnxCaptioner(ImageCaptioning):
             self._transform = make_transform(self.config.preprocess)
         return self._transform
 
-    def encode_images(self, images: Sequence) -> np.ndarray:
-        """Preprocess (in numpy) and encode RGB PIL images: features ``(B, D)`` or ``(B, L, C)``."""
-        return self.encode(np.stack([self.array_transform(image) for image in images]))  # (B, 3, H, W)
+    def preprocess(self, images: Sequence) -> np.ndarray:
+        """RGB PIL images → normalised pixels ``(B, 3, H, W)`` in numpy (the same numbers as :attr:`transform`)."""
+        return np.stack([self.array_transform(image) for image in images])
 
     def encode(self, pixels: Any) -> Any:
         """Preprocessed images ``(B, 3, H, W)`` → features ``(B, D)`` or ``(B, L, C)`` (float32), an array or a

@@ -1,11 +1,9 @@
 """ONNX Runtime sessions of an export directory, created without PyTorch, and the choice of backend.
 
-A cold ``captioner caption`` spends most of its time importing torch (the caption search works on torch tensors).
-:func:`open_export` finds and checks the export and creates its sessions on a background thread, so that they load
-while the caller imports torch: ONNX Runtime releases the GIL while it builds a session, and hashing the model files
-releases it too. :func:`choose_backend` answers without importing torch on a machine without a GPU driver.
-
-Nothing here imports torch at module level, nor onnxruntime before a session is made.
+:func:`open_export` finds and checks the export and creates its sessions on a background thread (ONNX Runtime
+releases the GIL while it builds a session, and hashing the model files releases it too), so that they load while
+the command goes on importing and parsing. :func:`choose_backend` answers without importing torch on a machine
+without a GPU driver. Nothing here imports torch at module level, nor onnxruntime before a session is made.
 """
 
 from __future__ import annotations
@@ -99,7 +97,7 @@ class OpeningExport:
 
     Args:
         model: an export directory, a model directory (its export in the cache), or None / ``default``.
-        threads: intra-op threads per session (None: :func:`default_threads`, read now, before torch is imported).
+        threads: intra-op threads per session (None: :func:`default_threads`, read now).
     """
 
     def __init__(self, model: str | Path | None, threads: int | None = None) -> None:
@@ -136,7 +134,7 @@ class OpeningExport:
 
 
 def open_export(model: str | Path | None = None, threads: int | None = None) -> OpeningExport:
-    """Start opening the export of ``model`` (see :class:`OpeningExport`); import torch meanwhile, then hand it to
+    """Start opening the export of ``model`` (see :class:`OpeningExport`), then hand it to
     :func:`captioner.export.runtime.load_onnx`."""
     return OpeningExport(model, threads)
 
