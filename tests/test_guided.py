@@ -60,7 +60,9 @@ def test_ungrammatical_slots_are_caught_on_a_small_fixture():
 
 @pytest.mark.parametrize("inject", ["every_step", "attention"])
 @pytest.mark.parametrize("beam, penalty, n_best", [(1, 0.0, 1), (3, 0.0, 1), (4, 0.0, 3), (3, 0.7, 2)])
-def test_without_constraints_it_is_plain_beam_search_exactly(vocab, inject, beam, penalty, n_best):
+def test_without_constraints_it_is_plain_beam_search(vocab, inject, beam, penalty, n_best):
+    """The same captions as PyTorch's beam search (the constrained search's log-softmax is numpy's: the scores agree
+    to rounding; tests/test_onnx_export.py checks it equals numpy's beam search exactly)."""
     for seed in range(3):
         model = _model(vocab, seed, inject=inject, attention_dim=8)
         features = torch.randn(2, *model.config.feature_shape())
@@ -69,7 +71,8 @@ def test_without_constraints_it_is_plain_beam_search_exactly(vocab, inject, beam
         plain = generate(model.decoder, features, vocab, config)  # the whole batch, as guided decoding runs it
         guided = constrained_search(model.decoder, features, vocab, config, [[], []])
         for p, g in zip(plain, guided):
-            assert [(h.tokens, h.log_prob, h.finished) for h in g] == [(h.tokens, h.log_prob, h.finished) for h in p]
+            assert [(h.tokens, h.finished) for h in g] == [(h.tokens, h.finished) for h in p]
+            assert [h.log_prob for h in g] == pytest.approx([h.log_prob for h in p], abs=1e-5)
 
 
 def _contains(tokens, phrase):

@@ -26,6 +26,7 @@ from captioner.export.onnx import EXPORT_FILES, MANIFEST, export_onnx
 from captioner.export.runtime import OnnxCaptioner
 from captioner.export.torch_decoder import compare_backends
 from captioner.generation import GenerationConfig
+from captioner.generation.tags import constrained_config
 from captioner.images import load_image  # noqa: E402
 from captioner.models.encoders import ImageEncoder
 from captioner.pipeline import Captioner
@@ -155,15 +156,22 @@ CONSTRAINED = {
 
 @pytest.mark.parametrize("search", sorted(CONSTRAINED))
 @pytest.mark.parametrize("name", ["attention", "pooled_lstm"])
-def test_the_numpy_constrained_search_follows_the_torch_one(tiny_exports, name, search):
-    """The same graphs searched by both constrained searches: words, phrases, tokens refused before a constraint,
-    an opener, a tag word the vocabulary lacks, images with no constraint and with constraints of other lengths."""
-    from captioner.export.torch_decoder import TorchOrtDecoder
-    from captioner.generation import array_constrained, constrained
-    from captioner.generation.constraint_states import Constraint
+def test_the_constrained_search_gives_onnxruntime_the_captions_of_pytorch(tiny_exports, name, search):
+    """The one constrained search over the PyTorch decoder (tensors on its device) and over the export (numpy):
+    words, phrases, tokens refused before a constraint, an opener, a tag word the vocabulary lacks (the PyTorch copy
+    of the decoder and the export give it the same row), images with no constraint and with constraints of other
+    lengths."""
+    import copy
 
-    _, exported = tiny_exports[name]
+    from captioner.generation import constrained
+    from captioner.generation.constraint_states import Constraint
+    from captioner.generation.guided import add_tag_words, guided_decoder
+
+    model, exported = tiny_exports[name]
     vocab, ids = exported.vocab, exported.vocab.stoi
+    model_vocab = copy.deepcopy(model.vocab)
+    add_tag_words(model_vocab)
+    assert model_vocab.extra == vocab.extra
     zebra = vocab.extra.index("zebra") + len(vocab)  # a row the export made for a tag word
     constraints = [
         [Constraint((ids["dog"],))],
@@ -175,15 +183,30 @@ def test_the_numpy_constrained_search_follows_the_torch_one(tiny_exports, name, 
     ]
     features = np.random.default_rng(1).normal(size=(6, *exported.encode_images(_images(1)).shape[1:]))
     features = features.astype(np.float32)
-    decoder, config = exported.decoder.with_extra_rows(vocab), CONSTRAINED[search]
-    want = constrained.constrained_search(TorchOrtDecoder(decoder), torch.from_numpy(features), vocab, config,
-                                          constraints, plain_vocab=len(vocab))
-    got = array_constrained.constrained_search(decoder, features, vocab, config, constraints,
-                                               plain_vocab=len(vocab))
+    config = CONSTRAINED[search]
+    with torch.inference_mode():
+        want = constrained.constrained_search(guided_decoder(model.decoder, model_vocab), torch.from_numpy(features),
+                                              model_vocab, config, constraints, plain_vocab=len(model_vocab))
+    got = constrained.constrained_search(exported.decoder.with_extra_rows(vocab), features, vocab, config,
+                                         constraints, plain_vocab=len(vocab))
     assert _tokens(got) == _tokens(want)
     assert [h.log_prob for image in got for h in image] == pytest.approx(
         [h.log_prob for image in want for h in image], abs=1e-4)
     assert any(zebra in h.tokens for image in got for h in image)
+
+
+@pytest.mark.parametrize("search", sorted(CONSTRAINED))
+def test_without_constraints_the_constrained_search_is_beam_search_exactly(tiny_exports, search):
+    from captioner.generation import array_search, constrained
+
+    _, exported = tiny_exports["attention"]
+    features = np.random.default_rng(2).normal(size=(5, 49, 12)).astype(np.float32) * 3
+    config = CONSTRAINED[search]
+    plain = array_search.array_search(exported.decoder, features, exported.vocab, config)
+    unconstrained = constrained.constrained_search(exported.decoder, features, exported.vocab,
+                                                   constrained_config(config), [[]] * 5)
+    assert [[(h.tokens, h.log_prob, h.score, h.finished) for h in image] for image in unconstrained] == [
+        [(h.tokens, h.log_prob, h.score, h.finished) for h in image] for image in plain]
 
 
 @pytest.mark.parametrize("fallback", [False, True])

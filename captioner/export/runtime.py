@@ -4,9 +4,8 @@
 :mod:`captioner.models.base` (``config``, ``start``, ``step``): its context and state are flat tuples of arrays
 (context rows on axis 0, state rows on axis 1). :class:`OnnxCaptioner` adds the encoder and classifier graphs and the
 preprocessing recorded in the config (in numpy, :mod:`captioner.models.resample`), and searches with
-:mod:`captioner.generation.array_search`: a cold ``captioner caption ONE.jpg`` never imports PyTorch. What that
-searches and :mod:`captioner.generation.array_constrained` (guided decoding) do not do (sampling, attention
-weights) runs :func:`captioner.generation.generate` on PyTorch tensors through :class:`captioner.export.
+:mod:`captioner.generation.array_search` and :mod:`captioner.generation.constrained` (guided decoding): a cold
+``captioner caption ONE.jpg`` never imports PyTorch. What those do not do (sampling, attention weights) runs :func:`captioner.generation.generate` on PyTorch tensors through :class:`captioner.export.
 torch_decoder.TorchOrtDecoder`, the same graphs, importing PyTorch then.
 
 :func:`load_onnx` is what the commands use (with :func:`captioner.export.sessions.choose_backend`): ONNX Runtime on
@@ -43,7 +42,7 @@ from captioner.export.sessions import (  # noqa: F401  (BACKENDS, choose_backend
     graph_session,
     open_export,
 )
-from captioner.generation import array_constrained, array_search
+from captioner.generation import array_search, constrained
 from captioner.generation.confidence import ConfidenceModel
 from captioner.generation.config import GenerationConfig, Hypothesis
 from captioner.generation.tags import Tag, constrained_config, missing_tags, tag_constraint
@@ -255,7 +254,7 @@ class OnnxCaptioner(ImageCaptioning):
             todo = missing_tags(results, tags, self.vocab)
         if todo:
             constraints = [[tag_constraint(self.vocab, tag) for tag in tags[i]] for i in todo]
-            searched = array_constrained.constrained_search(
+            searched = constrained.constrained_search(
                 self.decoder.with_extra_rows(self.vocab), arrays[todo], self.vocab, constrained_config(config),
                 constraints, plain_vocab=len(self.vocab))
             for i, hyps in zip(todo, searched):
