@@ -50,7 +50,9 @@ def block_repeats(logp: np.ndarray, history: np.ndarray, n: int) -> np.ndarray:
     windows = np.lib.stride_tricks.sliding_window_view(history, n - 1, axis=1)[:, :-1]  # (N, t-n+1, n-1)
     hits = (windows == history[:, None, t - n + 1 :]).all(axis=2)  # (N, t-n+1): earlier copies of the last n-1
     rows, where = np.nonzero(hits)
-    logp[rows, history[rows, where + n - 1]] = -np.inf  # the token that followed each copy
+    banned = history[rows, where + n - 1]  # the token that followed each copy
+    inside = banned < logp.shape[1]  # a word past these columns (an added tag word) has no column to ban
+    logp[rows[inside], banned[inside]] = -np.inf
     return logp
 
 
@@ -90,12 +92,18 @@ def greedy(decoder, features: np.ndarray, vocab: Vocabulary, config: GenerationC
 
 
 def top_k(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` largest values of each row ``(N, M)`` and their columns, largest first."""
-    part = np.argpartition(-values, k - 1, axis=1)[:, :k] if k < values.shape[1] else np.tile(
-        np.arange(values.shape[1]), (values.shape[0], 1))
-    picked = np.take_along_axis(values, part, axis=1)
-    order = np.argsort(-picked, axis=1, kind="stable")
-    return np.take_along_axis(picked, order, axis=1), np.take_along_axis(part, order, axis=1)
+    """The ``k`` largest values of each row ``(N, M)`` and their columns, largest first (ties: the lower column)."""
+    rows = np.arange(values.shape[0])[:, None]
+    if k == 1:
+        best = values.argmax(axis=1)[:, None]
+        return values[rows, best], best
+    if k < values.shape[1]:
+        part = np.argpartition(-values, k - 1, axis=1)[:, :k]
+    else:
+        part = np.broadcast_to(np.arange(values.shape[1]), values.shape)
+    picked = values[rows, part]
+    order = np.lexsort((part, -picked), axis=1)
+    return picked[rows, order], part[rows, order]
 
 
 def beam(decoder, features: np.ndarray, vocab: Vocabulary, config: GenerationConfig) -> list[list[Hypothesis]]:

@@ -132,22 +132,21 @@ class _Group:
             best, index = top_k((self.scores.reshape(-1, k, 1) + logp).reshape(batch, -1), k)  # (B, K)
             self.scores = best[:, None]
             return index // vocab_size, index % vocab_size
-        width = top[0].shape[2]
+        width, images = top[0].shape[2], np.arange(batch)[:, None]
         best, parents, tokens = [], [], []
         for target in range(len(self.states)):
             values, free, forced_parent, forced_token = self.candidates(target, top, forced, done, last)
             value, index = top_k(values, k)  # (B, K)
             if free is None:
-                parent = np.take_along_axis(forced_parent, index, axis=1)
-                token = np.take_along_axis(forced_token, index, axis=1)
+                parent, token = forced_parent[images, index], forced_token[images, index]
             else:
                 free_tokens = top[1][:, free * k : (free + 1) * k].reshape(batch, -1)  # (B, K*W)
                 is_free, rest = index < k * width, np.maximum(index - k * width, 0)
                 parent = index // width + free * k
-                token = np.take_along_axis(free_tokens, np.minimum(index, k * width - 1), axis=1)
+                token = free_tokens[images, np.minimum(index, k * width - 1)]
                 if forced_parent.shape[1]:
-                    parent = np.where(is_free, parent, np.take_along_axis(forced_parent, rest, axis=1))
-                    token = np.where(is_free, token, np.take_along_axis(forced_token, rest, axis=1))
+                    parent = np.where(is_free, parent, forced_parent[images, rest])
+                    token = np.where(is_free, token, forced_token[images, rest])
             best.append(value)
             parents.append(parent)
             tokens.append(token)
@@ -186,17 +185,18 @@ class _Group:
 class _Forced:
     """The log-probabilities of forced tokens in a group's rows: those of the rows run this step, -inf for the
     others. ``positions``: each row's place among the rows run ``(B, S*K)`` (-1: not run); ``log_probs``: the rows
-    run, over the whole (extended) vocabulary ``(n, V')``."""
+    run, ``(table, offset)`` as :meth:`_Batch._log_probs` gives them."""
 
-    def __init__(self, positions: np.ndarray, log_probs: np.ndarray) -> None:
-        self.positions, self.log_probs = positions, log_probs
+    def __init__(self, positions: np.ndarray, log_probs: tuple[np.ndarray, np.ndarray]) -> None:
+        self.positions, (self.table, self.offset) = positions, log_probs
 
     def __call__(self, rows: slice, token: np.ndarray) -> np.ndarray:
         """Log-probabilities ``(B, K)`` of ``token`` ``(B, K)`` in ``rows`` of each image's block."""
         where = self.positions[:, rows]  # (B, K)
-        if not self.log_probs.shape[0]:
+        if not self.table.shape[0]:
             return np.full(where.shape, NEG, dtype=np.float32)
-        return np.where(where < 0, NEG, self.log_probs[np.maximum(where, 0), token])
+        run = np.maximum(where, 0)
+        return np.where(where < 0, NEG, self.table[run, token] - self.offset[run, 0])
 
 
 class ArrayRows:
@@ -244,22 +244,25 @@ class _Batch:
         self.history = np.empty((total, 0), dtype=np.int64)
         self.done = np.zeros(total, dtype=bool)
 
-    def _log_probs(self, logits: np.ndarray, index: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def _log_probs(self, logits: np.ndarray, index: np.ndarray | None) -> tuple[np.ndarray, tuple]:
         """Log-probabilities of the rows run, normalised over the plain vocabulary: for writing freely ``(n, V)``
-        (added words excluded, repetition guard applied) and for forced tokens ``(n, V')``."""
+        (added words excluded, repetition guard applied), and for forced tokens as ``(table, offset)``: the
+        log-probability of token t in row r is ``table[r, t] - offset[r]`` over the whole (extended) vocabulary."""
         if logits.shape[1] == self.plain:  # nothing added: exactly what plain beam search computes
-            forced = log_probs(logits, self.vocab)
+            table = log_probs(logits, self.vocab)
+            offset = np.zeros((len(table), 1), dtype=np.float32)
+            logp = table
         else:
-            logits = logits.astype(np.float32, copy=True)
-            logits[:, [self.vocab.pad_id, self.vocab.start_id, self.vocab.unk_id]] = NEG
-            known = logits[:, : self.plain]
+            table = logits.astype(np.float32, copy=True)
+            table[:, [self.vocab.pad_id, self.vocab.start_id, self.vocab.unk_id]] = NEG
+            known = table[:, : self.plain]
             top = known.max(axis=1, keepdims=True)
-            forced = logits - (top + np.log(np.exp(known - top).sum(axis=1, keepdims=True)))
-        logp = forced
-        if self.config.no_repeat_ngram:  # over every column: a tag word written may be repeated by a known one
+            offset = top + np.log(np.exp(known - top).sum(axis=1, keepdims=True))  # (n, 1)
+            logp = known - offset
+        if self.config.no_repeat_ngram:  # a tag word written may be repeated by a known one only where allowed
             history = self.history if index is None else self.history[index]
-            logp = block_repeats(forced.copy(), history, self.config.no_repeat_ngram)
-        return logp[:, : self.plain], forced
+            logp = block_repeats(logp.copy() if logp is table else logp, history, self.config.no_repeat_ngram)
+        return logp, (table, offset)
 
     def _rows(self, source: np.ndarray, fill, index: np.ndarray | None, rows: slice) -> np.ndarray:
         """A group's ``rows`` of ``source`` (one row per row run), the rows not run filled with ``fill``."""
@@ -291,7 +294,7 @@ class _Batch:
         """One decoder step for every row of every group; True when every image has its answer."""
         plain = all(len(g.states) == 1 for g in self.groups)
         index, logits = self._decode(plain)
-        logp, forced = self._log_probs(logits, index)  # (n, V), (n, V')
+        logp, forced = self._log_probs(logits, index)  # (n, V), ((n, V'), (n, 1))
         top = None if plain else top_k(logp, min(self.width, logp.shape[1]))  # (n, W) each
         positions = np.full(len(self.tokens), -1, dtype=np.int64)
         positions[slice(None) if index is None else index] = np.arange(logits.shape[0])

@@ -44,26 +44,34 @@ def caption_batch(model, paths: list[Path], config) -> list[str]:
     return [model.vocab.decode(h[0].tokens) for h in hyps]
 
 
-def images_per_s(model, paths: list[Path], config, size: int) -> float:
-    """Images/s over ``paths`` in batches of ``size`` after a warm-up batch."""
-    caption_batch(model, paths[:size], config)  # warm-up: first-call costs
-    t0 = time.perf_counter()
-    for start in range(0, len(paths), size):
-        caption_batch(model, paths[start : start + size], config)
-    return len(paths) / (time.perf_counter() - t0)
+def images_per_s(model, paths: list[Path], configs: dict, size: int) -> dict:
+    """Images/s of each of ``configs`` (name -> search) over ``paths`` in batches of ``size``, after a warm-up batch
+    of each: the searches take turns batch by batch (which goes first alternates), so that a machine whose speed
+    drifts during the run slows them alike and their ratio stays fair."""
+    for config in configs.values():
+        caption_batch(model, paths[:size], config)  # warm-up: first-call costs
+    seconds = dict.fromkeys(configs, 0.0)
+    for number, start in enumerate(range(0, len(paths), size)):
+        names = list(configs) if number % 2 == 0 else list(reversed(configs))
+        for name in names:
+            t0 = time.perf_counter()
+            caption_batch(model, paths[start : start + size], configs[name])
+            seconds[name] += time.perf_counter() - t0
+    return {name: len(paths) / seconds[name] for name in configs}
 
 
 def measure_caption(args: argparse.Namespace, paths: list[Path]) -> dict:
     """In-process images/s (beam 3, batch ``caption_batch``, model load excluded) with guided and with plain
-    decoding; ``caption_images_per_s`` is the model's default of the two; and the median warm latency of one image."""
+    decoding, batch by batch in turns; ``caption_images_per_s`` is the model's default of the two; and the median
+    warm latency of one image."""
     from captioner.generation.config import GenerationConfig, with_model_defaults
 
     t0 = time.perf_counter()
     model = load_caption_model(args)
     load_s = time.perf_counter() - t0
     size = args.caption_batch
-    guided = images_per_s(model, paths, search_config(True), size)
-    plain = images_per_s(model, paths, search_config(False), size)
+    rates = images_per_s(model, paths, {"guided": search_config(True), "plain": search_config(False)}, size)
+    guided, plain = rates["guided"], rates["plain"]
     default_guided = bool(with_model_defaults(GenerationConfig(), model.decoder).guided)
     singles = []
     for path in paths[: 3 if args.quick else 9]:
