@@ -85,7 +85,8 @@ NOTES = [
     "to bytecode first (machine.bytecode_precompiled), as an installed package's are.",
     "caption_images_per_s / guided_images_per_s / plain_images_per_s: in-process, the captioner caption path "
     "(load_captioner, load_image at the encoder's size, caption_images, decode), batch 32, beam 3, model load and a "
-    "warm-up batch excluded; caption_images_per_s is the model's default decoding (caption_detail.default_is_guided).",
+    "warm-up batch excluded, guided and plain decoding timed batch by batch in turns; caption_images_per_s is the "
+    "model's default decoding (caption_detail.default_is_guided).",
     "cli_caption_images_per_s: `captioner caption DIR --beam-size 3 --batch-size 32` (no backend flag) over "
     "cli_caption_images photos, images / wall time of the whole process, model load included; cli_plain_images_per_s "
     "adds --plain.",
