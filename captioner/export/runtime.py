@@ -16,9 +16,9 @@ onnxruntime is imported only in :mod:`captioner.export`, when this backend is us
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -45,7 +45,7 @@ from captioner.export.sessions import (  # noqa: F401  (BACKENDS, choose_backend
 from captioner.generation import array_search, constrained
 from captioner.generation.confidence import ConfidenceModel
 from captioner.generation.config import GenerationConfig, Hypothesis
-from captioner.generation.tags import Tag, constrained_config, missing_tags, tag_constraint
+from captioner.generation.tags import Tag, guide, search_tags
 from captioner.models.files import load_tag_calibration
 from captioner.models.resample import ArrayTransform
 from captioner.vocab import Vocabulary
@@ -208,10 +208,6 @@ class OnnxCaptioner(ImageCaptioning):
         tensor as given."""
         return like(self.encoder.run(None, {"pixels": as_array(pixels, np.float32)})[0], pixels)
 
-    def search_features(self, features: Any) -> Any:
-        """The graphs run on the CPU."""
-        return features.cpu() if hasattr(features, "cpu") else features
-
     def weights_sha256(self) -> str:
         """The exported model's :meth:`captioner.pipeline.Captioner.weights_sha256` (exports older than format 2:
         the SHA-256 of the step graph)."""
@@ -242,24 +238,14 @@ class OnnxCaptioner(ImageCaptioning):
         arrays = as_array(features, np.float32)
         if not (config.guided or config.tags):
             return array_search.array_search(self.decoder, arrays, self.vocab, config)
-        if config.tags:
-            tags = [[Tag(word, 1.0) for word in config.tags] for _ in range(len(arrays))]
-        elif tags is None or len(tags) != len(arrays):
-            raise ValueError("guided decoding needs each image's tags: caption through caption_features or give "
-                             "GenerationConfig(tags=...)")
-        results: list = [None] * len(arrays)
-        todo = list(range(len(arrays)))
-        if config.guided_fallback:
-            results = array_search.array_search(self.decoder, arrays, self.vocab, config)
-            todo = missing_tags(results, tags, self.vocab)
-        if todo:
-            constraints = [[tag_constraint(self.vocab, tag) for tag in tags[i]] for i in todo]
-            searched = constrained.constrained_search(
-                self.decoder.with_extra_rows(self.vocab), arrays[todo], self.vocab, constrained_config(config),
-                constraints, plain_vocab=len(self.vocab))
-            for i, hyps in zip(todo, searched):
-                results[i] = hyps
-        return [[dataclasses.replace(h, tags=list(image)) for h in hyps] for hyps, image in zip(results, tags)]
+        tags = search_tags(config, tags, len(arrays))
+
+        def constrain(images: list[int]) -> list[list[Hypothesis]]:
+            return constrained.tag_search(self.decoder.with_extra_rows, arrays[images], self.vocab, config,
+                                          [tags[i] for i in images])
+
+        plain = partial(array_search.array_search, self.decoder, arrays, self.vocab, config)
+        return guide(tags, self.vocab, config.guided_fallback, plain, constrain)
 
     def torch_search(self, features: Any, config: GenerationConfig,
                      tags: list[list[Tag]] | None) -> list[list[Hypothesis]]:

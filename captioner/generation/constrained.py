@@ -27,12 +27,16 @@ must not follow "a"), or have to open the caption.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 from captioner.arrays import is_tensor
 from captioner.generation.array_search import block_repeats, collect, log_probs, top_k
 from captioner.generation.config import GenerationConfig, Hypothesis
 from captioner.generation.constraint_states import Constraint, normalise, search_states, transitions
+from captioner.generation.tags import Tag, constrained_config, tag_constraint
 from captioner.vocab import Vocabulary
 
 NEG = np.float32(-np.inf)
@@ -67,6 +71,22 @@ def constrained_search(decoder, features: np.ndarray, vocab: Vocabulary, config:
             break
     search.finish_all()
     return search.results
+
+
+def tag_search(extend: Callable[[Vocabulary], Any], features, vocab: Vocabulary, config: GenerationConfig,
+               tags: list[list[Tag]]) -> list[list[Hypothesis]]:
+    """The constrained search for each image's tags (:func:`captioner.generation.tags.tag_constraint`), as a beam
+    (greedy decoding: one beam, :func:`captioner.generation.tags.constrained_config`).
+
+    Args:
+        extend: the decoder with rows for ``vocab``'s extra words, asked for once the constraints have added the tag
+            words ``vocab`` lacked.
+        features, vocab, config: as :func:`constrained_search` takes them.
+        tags: each image's tags.
+    """
+    constraints = [[tag_constraint(vocab, tag) for tag in image] for image in tags]  # may add words to vocab
+    return constrained_search(extend(vocab), features, vocab, constrained_config(config), constraints,
+                              plain_vocab=len(vocab))
 
 
 class _Group:
@@ -367,4 +387,4 @@ class _Batch:
             self._retire(everything=True)
 
 
-__all__ = ["ArrayRows", "Constraint", "constrained_search", "search_states", "transitions"]
+__all__ = ["ArrayRows", "Constraint", "constrained_search", "search_states", "tag_search", "transitions"]

@@ -8,7 +8,7 @@ import torch
 from captioner.generation.config import GenerationConfig, Hypothesis, with_model_defaults
 from captioner.generation.guided import guided_search
 from captioner.generation.search import plain_search
-from captioner.generation.tags import Tag
+from captioner.generation.tags import Tag, search_tags
 from captioner.models.base import StepDecoder
 from captioner.vocab import Vocabulary
 
@@ -39,11 +39,6 @@ def generate(decoder: StepDecoder, features: torch.Tensor, vocab: Vocabulary, co
         raise ValueError("return_attention needs a model that attends (inject 'attention'); this model reads one "
                          f"pooled image vector (inject {decoder.config.inject!r})")
     config = with_model_defaults(config, decoder)
-    if config.tags:
-        tags = [[Tag(word, 1.0) for word in config.tags] for _ in range(features.shape[0])]
     if config.guided or config.tags:
-        if tags is None or len(tags) != features.shape[0]:
-            raise ValueError("guided decoding needs each image's tags: caption through a model "
-                             "(Captioner.caption_features) or give GenerationConfig(tags=...)")
-        return guided_search(decoder, features, vocab, config, tags)
+        return guided_search(decoder, features, vocab, config, search_tags(config, tags, features.shape[0]))
     return plain_search(decoder, features, vocab, config)

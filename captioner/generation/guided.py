@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from captioner.generation.config import GenerationConfig, Hypothesis
-from captioner.generation.constrained import constrained_search
+from captioner.generation.constrained import tag_search
 from captioner.generation.search import plain_search
-from captioner.generation.tags import Tag, constrained_config, missing_tags, tag_constraint, tag_tokens, word_groups
+from captioner.generation.tags import Tag, guide, tag_tokens, word_groups
 from captioner.models.base import reorder_state, select_context
 from captioner.models.vocab_rows import append_rows, single_decoders
 from captioner.vocab import Vocabulary
@@ -106,29 +106,21 @@ def guided_search(decoder, features: torch.Tensor, vocab: Vocabulary, config: Ge
         tags: each image's tags.
     """
     add_tag_words(vocab)
-    results: list[list[Hypothesis] | None] = [None] * len(tags)
-    todo = list(range(len(tags)))
-    if config.guided_fallback:
-        results = plain_search(decoder, features, vocab, config)
-        todo = missing_tags(results, tags, vocab)
-    if todo:
-        index = torch.tensor(todo, device=features.device)
-        searched = _constrained_search(decoder, features.index_select(0, index), vocab, config,
-                                       [tags[i] for i in todo])
-        for i, hyps in zip(todo, searched):
-            results[i] = hyps
-    return [[dataclasses.replace(h, tags=list(image)) for h in hyps] for hyps, image in zip(results, tags)]
+
+    def constrain(images: list[int]) -> list[list[Hypothesis]]:
+        index = torch.tensor(images, device=features.device)
+        return _constrained_search(decoder, features.index_select(0, index), vocab, config, [tags[i] for i in images])
+
+    return guide(tags, vocab, config.guided_fallback, lambda: plain_search(decoder, features, vocab, config),
+                 constrain)
 
 
 def _constrained_search(decoder, features: torch.Tensor, vocab: Vocabulary, config: GenerationConfig,
                         tags: list[list[Tag]]) -> list[list[Hypothesis]]:
     """The constrained search of :func:`guided_search` for these images ``(B, ...)`` and their tags."""
-    constraints = [[tag_constraint(vocab, tag) for tag in image] for image in tags]
-    extended = guided_decoder(decoder, vocab)
-    config = constrained_config(config)
-    results = constrained_search(extended, features, vocab, config, constraints, plain_vocab=len(vocab))
-    if config.return_attention:
-        results = read_attention(extended, features, vocab, results)
+    results = tag_search(lambda words: guided_decoder(decoder, words), features, vocab, config, tags)
+    if config.return_attention:  # the extended copy the search ran (kept by guided_decoder)
+        results = read_attention(guided_decoder(decoder, vocab), features, vocab, results)
     return results
 
 

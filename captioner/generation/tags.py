@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -95,10 +96,9 @@ def tags_from_logits(logits, threshold: float, max_tags: int = 2, calibration: d
     """
     probs = softmax(as_array(logits, np.float32))  # (B, 1000)
     probs[probs < CLASS_FLOOR] = 0.0
-    names, index = _word_columns()
+    names, column, index = _word_columns()
     summed = np.zeros((probs.shape[0], len(names)), dtype=np.float32)  # (B, W): classes of a word summed
     np.add.at(summed, (slice(None), index), probs)
-    column = {w: i for i, w in enumerate(names)}
     summed[:, [column[w] for w in suppressed_words(calibration) | {""} if w in column]] = 0.0
     entries, out, count = tag_words(), [], min(max_tags, len(names))
     for row in summed:
@@ -115,12 +115,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=1)
-def _word_columns() -> tuple[list[str], np.ndarray]:
-    """The tag words sorted (``""``, the dropped classes, first) and each class's column among them ``(1000,)``."""
+def _word_columns() -> tuple[list[str], dict[str, int], np.ndarray]:
+    """The tag words sorted (``""``, the dropped classes, first), each word's column, and each class's column
+    ``(1000,)``."""
     words = [entry["word"] for entry in tag_table()]
     names = sorted(set(words))
     column = {w: i for i, w in enumerate(names)}
-    return names, np.array([column[w] for w in words])
+    return names, column, np.array([column[w] for w in words])
 
 
 def tag_tokens() -> list[str]:
@@ -231,6 +232,45 @@ def missing_tags(results: list[list], tags: list[list[Tag]], vocab: Vocabulary) 
     """
     return [i for i, (hyps, image) in enumerate(zip(results, tags))
             if not all(names_tag(tag, vocab.decode(hyps[0].tokens).split()) for tag in image)]
+
+
+def search_tags(config, tags: list[list[Tag]] | None, count: int) -> list[list[Tag]]:
+    """The tags a guided search of ``count`` images constrains: ``config.tags`` for every image when given, else
+    each image's own ``tags``.
+
+    Raises:
+        ValueError: neither is there for every image.
+    """
+    if config.tags:
+        return [[Tag(word, 1.0) for word in config.tags] for _ in range(count)]
+    if tags is None or len(tags) != count:
+        raise ValueError("guided decoding needs each image's tags: caption through a model "
+                         "(Captioner.caption_features) or give GenerationConfig(tags=...)")
+    return tags
+
+
+def guide(tags: list[list[Tag]], vocab: Vocabulary, fallback: bool, plain: Callable[[], list],
+          constrain: Callable[[list[int]], list]) -> list[list]:
+    """Guided decoding's answers, whatever the backend: with ``fallback`` every image's ``plain()`` hypotheses,
+    except those whose best caption misses a tag (:func:`missing_tags`), which ``constrain(images)`` searches again;
+    without it, ``constrain`` for every image. Each hypothesis carries its image's tags.
+
+    Args:
+        tags: each image's tags.
+        vocab: the vocabulary the tokens are ids of.
+        fallback: guide as a fallback (``GenerationConfig.guided_fallback``).
+        plain: the plain search of every image.
+        constrain: the constrained search of the images at these positions, in that order.
+    """
+    results: list = [None] * len(tags)
+    todo = list(range(len(tags)))
+    if fallback:
+        results = plain()
+        todo = missing_tags(results, tags, vocab)
+    if todo:
+        for i, hyps in zip(todo, constrain(todo)):
+            results[i] = hyps
+    return [[dataclasses.replace(h, tags=list(image)) for h in hyps] for hyps, image in zip(results, tags)]
 
 
 ARTICLES = ("a", "an", "the")
