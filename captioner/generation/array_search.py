@@ -33,10 +33,16 @@ def array_search(decoder, features: np.ndarray, vocab: Vocabulary,
     return beam(decoder, features, vocab, config)
 
 
-def log_probs(logits: np.ndarray, vocab: Vocabulary) -> np.ndarray:
-    """Log-softmax over the vocabulary with ``<pad> <start> <unk>`` masked out: ``(N, V)`` → float32 ``(N, V)``."""
+def masked_logits(logits: np.ndarray, vocab: Vocabulary) -> np.ndarray:
+    """A float32 copy of ``logits`` ``(N, V)`` with ``<pad> <start> <unk>`` at ``-inf``: never generated."""
     logits = logits.astype(np.float32, copy=True)
     logits[:, [vocab.pad_id, vocab.start_id, vocab.unk_id]] = -np.inf
+    return logits
+
+
+def log_probs(logits: np.ndarray, vocab: Vocabulary) -> np.ndarray:
+    """Log-softmax over the vocabulary with ``<pad> <start> <unk>`` masked out: ``(N, V)`` → float32 ``(N, V)``."""
+    logits = masked_logits(logits, vocab)
     shifted = logits - logits.max(axis=1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 

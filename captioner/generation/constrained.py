@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from captioner.arrays import is_tensor
-from captioner.generation.array_search import block_repeats, collect, log_probs, top_k
+from captioner.generation.array_search import block_repeats, collect, log_probs, masked_logits, top_k
 from captioner.generation.config import GenerationConfig, Hypothesis
 from captioner.generation.constraint_states import Constraint, normalise, search_states, transitions
 from captioner.generation.tags import Tag, constrained_config, tag_constraint
@@ -273,13 +273,12 @@ class _Batch:
             offset = np.zeros((len(table), 1), dtype=np.float32)
             logp = table
         else:
-            table = logits.astype(np.float32, copy=True)
-            table[:, [self.vocab.pad_id, self.vocab.start_id, self.vocab.unk_id]] = NEG
+            table = masked_logits(logits, self.vocab)
             known = table[:, : self.plain]
             top = known.max(axis=1, keepdims=True)
             offset = top + np.log(np.exp(known - top).sum(axis=1, keepdims=True))  # (n, 1)
             logp = known - offset
-        if self.config.no_repeat_ngram:  # a tag word written may be repeated by a known one only where allowed
+        if self.config.no_repeat_ngram:  # the n-gram guard applies to the words written freely
             history = self.history if index is None else self.history[index]
             logp = block_repeats(logp.copy() if logp is table else logp, history, self.config.no_repeat_ngram)
         return logp, (table, offset)
