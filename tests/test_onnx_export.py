@@ -108,8 +108,8 @@ def test_the_numpy_search_follows_the_torch_search(tiny_exports, name, search):
 
 
 def test_settled_images_leave_the_numpy_beam_search_with_the_same_captions(tmp_path, monkeypatch):
-    """Images whose answer is settled leave the batch (fewer rows per step), and each image gets the caption it
-    gets alone."""
+    """Images whose answer is settled leave the batch (fewer rows per step), the first step runs one row per image,
+    and each image gets the caption it gets alone."""
     from conftest import WORDS
 
     from captioner.vocab import Vocabulary
@@ -134,7 +134,8 @@ def test_settled_images_leave_the_numpy_beam_search_with_the_same_captions(tmp_p
     monkeypatch.setattr(exported.decoder, "step", counting)
     together = exported.caption_features(features, config)
     assert _tokens(together) == _tokens(alone) == _tokens(model.caption_features(torch.from_numpy(features), config))
-    assert rows[0] == 18 and rows[-1] < 18  # images left before the longest one ended
+    assert rows[0] == 6  # the first step runs once per image: its three beams start as the same row
+    assert rows[1] == 18 and rows[-1] < 18  # images left before the longest one ended
 
 
 def test_the_onnx_captioner_gives_back_what_it_is_given(tiny_exports):

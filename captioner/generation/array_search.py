@@ -118,7 +118,7 @@ def beam(decoder, features: np.ndarray, vocab: Vocabulary, config: GenerationCon
     k = config.beam_size
     search = _Beams(decoder, features, vocab, config)
     for _ in range(config.max_length):
-        logits, state, _ = decoder.step(search.tokens, search.context, search.state)
+        logits, state = search.decode(decoder)
         logp = log_probs(logits, vocab)  # (N*K, V)
         if config.no_repeat_ngram:
             block_repeats(logp, search.history, config.no_repeat_ngram)
@@ -154,13 +154,24 @@ class _Beams:
         self.vocab, self.config, self.images = vocab, config, list(range(batch))
         self.results: list[list[Hypothesis] | None] = [None] * batch
         context, state = decoder.start(features)
+        self.first: tuple | None = (context, state)  # step 0 runs once per image: its K beams are the same row
         self.context = tuple(np.repeat(c, k, axis=0) for c in context)  # (B*K, ...)
-        self.state = tuple(np.repeat(s, k, axis=1) for s in state)
+        self.state: tuple = ()
         self.scores = np.full((batch, k), -np.inf, dtype=np.float32)
         self.scores[:, 0] = 0.0  # all beams start identical: only the first may expand at step 0
         self.tokens = np.full(batch * k, vocab.start_id, dtype=np.int64)
         self.history = np.empty((batch * k, 0), dtype=np.int64)
         self.done = np.zeros(batch * k, dtype=bool)
+
+    def decode(self, decoder) -> tuple[np.ndarray, tuple]:
+        """One decoder step for every row: logits ``(N*K, V)`` and the new state. At the first step every beam of an
+        image is the same row, so the decoder runs once per image and its outputs are repeated."""
+        if self.first is None:
+            logits, state, _ = decoder.step(self.tokens, self.context, self.state)
+            return logits, state
+        (context, state), self.first, k = self.first, None, self.config.beam_size
+        logits, state, _ = decoder.step(self.tokens[::k], context, state)
+        return np.repeat(logits, k, axis=0), tuple(np.repeat(s, k, axis=1) for s in state)
 
     def advance(self, parent: np.ndarray, tokens: np.ndarray, state: tuple) -> None:
         """Each new row's parent row ``(N*K,)`` and token ``(N*K,)``; ``state``: the step's new state."""
