@@ -190,6 +190,17 @@ def test_tags_come_from_the_encoders_imagenet_head(tiny_model, tmp_path, capsys)
     assert all(t["word"] in row["caption"].split() for t in row["tags"])
 
 
+def test_plain_captions_list_the_classifiers_tags_only_when_asked(tiny_model, tmp_path, capsys):
+    tiny_model.save_pretrained(tmp_path / "m")
+    args = ["caption", str(SAMPLES / "chelsea.jpg"), "--model", str(tmp_path / "m"), "--json", "--plain",
+            "--tag-threshold", "0.05"]
+    assert main(args + ["--tags"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["tags"] and row["tags"][0]["word"] == "cat"
+    assert main(args) == 0
+    assert not json.loads(capsys.readouterr().out).get("tags")
+
+
 @pytest.mark.parametrize("value", ["0", "1.5", "-0.1", "nan", "high"])
 def test_a_bad_tag_threshold_is_one_clear_error(value, capsys):
     assert main(["caption", str(SAMPLES / "chelsea.jpg"), "--guided", "--tag-threshold", value]) == 2

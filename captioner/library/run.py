@@ -177,13 +177,10 @@ def _search(model, images: list, config: GenerationConfig, show_tags: bool) -> t
     """Each image's hypotheses and tags (the tags guided decoding used; with ``show_tags`` plain captions' too)."""
     if not images:
         return [], []
-    if not show_tags:
-        hyps = model.caption_images(images, config)
-        return hyps, [h[0].tags for h in hyps]
     features = model.encode_images(images)  # (B, ...)
     hyps = model.caption_features(features, config)
-    tags = [h[0].tags if h[0].tags is not None else None for h in hyps]
-    if any(t is None for t in tags):
+    tags = [h[0].tags for h in hyps]
+    if show_tags and any(t is None for t in tags):  # plain captions carry none: the classifier's, for the listing
         tags = model.image_tags(features, config)
     return hyps, tags
 
