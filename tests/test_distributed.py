@@ -59,6 +59,7 @@ def test_distributed_self_critical_training_is_refused(shapes_dataset, tmp_path,
     done = _torchrun(["--data", str(shapes_dataset), "--out", str(tmp_path / "r"), "--scst-epochs", "1",
                       "--cache-dir", str(tmp_path / "cache"), *TINY], tmp_path, module=module)
     assert done.returncode != 0
-    # each process says it in one line; the traceback torchrun prints afterwards is the launcher's own, not ours
-    assert done.stderr.count("error: distributed training (torchrun) covers") == 2
+    # each process says it in one line, but torchrun stops the other rank once the first has exited, so on a busy
+    # machine only one line may come; the traceback torchrun prints afterwards is the launcher's own, not ours
+    assert done.stderr.count("error: distributed training (torchrun) covers") in (1, 2)
     assert "captioner/train.py" not in done.stderr and "captioner/cli" not in done.stderr
