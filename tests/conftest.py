@@ -167,7 +167,7 @@ def write_log(run: Path, rows: list[dict]) -> None:
     """A run directory holding ``log.csv`` with ``rows`` (as ``captioner train`` writes it)."""
     import csv
 
-    from captioner.training.state import LOG_FIELDS
+    from captioner.runlog import LOG_FIELDS
 
     run.mkdir(parents=True, exist_ok=True)
     with open(run / "log.csv", "w", newline="") as handle:

@@ -13,6 +13,8 @@ import json
 import math
 from pathlib import Path
 
+from captioner.runlog import is_epoch_row
+
 PLOTS = ("loss.png", "validation.png", "grad_norm.png")
 
 
@@ -30,15 +32,6 @@ def require_matplotlib():
     except ImportError:
         raise PlotError("drawing PNGs needs matplotlib: pip install 'captioner[viz]'") from None
     return plt
-
-
-EPOCH_COLUMNS = ("val_loss", "val_bleu4", "val_cider", "elapsed_s")  # written on epoch-end rows only
-
-
-def is_epoch_row(row: dict) -> bool:
-    """Whether a ``log.csv`` row is an epoch's summary (it has a validation score or the epoch's duration) rather
-    than a logged step."""
-    return any(row.get(key) not in (None, "") for key in EPOCH_COLUMNS)
 
 
 def read_log(run_dir: Path) -> dict[str, list[tuple[float, float]]]:

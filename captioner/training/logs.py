@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from captioner.fileio import save_error
+from captioner.runlog import is_epoch_row
 
 TAGS = {"loss": "train/loss", "grad_norm": "train/grad_norm_before_clipping", "lr": "train/learning_rate",
         "reward": "train/scst_reward", "val_loss": "val/loss", "val_bleu4": "val/bleu4_greedy",
@@ -37,7 +39,7 @@ class TensorBoardLog:
 
     def write(self, **row) -> None:
         step = int(row["step"])
-        epoch_row = "elapsed_s" in row  # an epoch's end: its loss is the epoch's mean, not one step's
+        epoch_row = is_epoch_row(row)  # an epoch's end: its loss is the epoch's mean, not one step's
         for key, value in row.items():
             if key in TAGS and isinstance(value, (int, float)) and math.isfinite(value):
                 tag = EPOCH_LOSS if epoch_row and key == "loss" else TAGS[key]
@@ -71,7 +73,7 @@ class CsvLog:
         fields: column names; missing values are written empty.
     """
 
-    def __init__(self, path: str | Path, fields: list[str]) -> None:
+    def __init__(self, path: str | Path, fields: Sequence[str]) -> None:
         self.path, self.fields = Path(path), fields
         new = not self.path.exists()
         self._handle = open(self.path, "a", newline="", encoding="utf-8")

@@ -33,6 +33,7 @@ from captioner.features import feature_mean
 from captioner.fileio import atomic_write_text, remove_temporaries
 from captioner.models.factory import complete_config
 from captioner.pipeline import Captioner
+from captioner.runlog import LOG_FIELDS
 from captioner.training import distributed, scst
 from captioner.training.checkpoints import load_training_state
 from captioner.training.config import TrainConfig, planned_epochs, recipe_model_config
@@ -43,7 +44,6 @@ from captioner.training.resume import check_same_settings, restore, save_state
 from captioner.training.splits import Split, load_splits, prepare_split
 from captioner.training.state import (
     DRY_RUN_BATCHES,
-    LOG_FIELDS,
     Run,
     TrainResult,
     autocast_dtype,

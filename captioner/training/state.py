@@ -19,14 +19,13 @@ import torch
 from torch import nn
 
 from captioner.pipeline import Captioner
+from captioner.runlog import LOG_FIELDS
 from captioner.training.config import TrainConfig
 from captioner.training.distributed import SINGLE, DistContext
 from captioner.training.splits import Split
 
 logger = logging.getLogger(__name__)
 
-LOG_FIELDS = ["step", "epoch", "loss", "grad_norm", "lr", "val_loss", "val_bleu4", "val_cider", "elapsed_s",
-              "reward"]
 DRY_RUN_BATCHES = 2
 
 
