@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 from pathlib import Path
 
 from captioner.fileio import files_sha256
@@ -66,11 +68,27 @@ def _data_lines(args, first: dict) -> list[str]:
     return lines
 
 
+def portable_command(command: str, runs: list[Path]) -> str:
+    """The training command with the building machine's absolute paths written as scripts/train_default.sh names
+    them: ``RUN/...`` under the runs' directory, ``CACHE`` for the feature cache; other words as they were."""
+    parent = Path(os.path.commonpath([str(Path(r).absolute().parent) for r in runs]))
+    words = shlex.split(command)
+    out = []
+    for before, word in zip(["", *words], words):
+        if before == "--cache-dir":
+            word = "CACHE"
+        elif os.path.isabs(word) and Path(word).is_relative_to(parent):
+            word = f"RUN/{Path(word).relative_to(parent)}"
+        out.append(word)
+    return shlex.join(out)
+
+
 def _training_lines(args, summaries: list[dict]) -> list[str]:
     cfg = summaries[0]["train_config"]
     seeds = ", ".join(str(s["train_config"]["seed"]) for s in summaries)
-    return [f"- Command: `{cfg.get('command') or 'captioner train'}` (runs {', '.join(r.name for r in args.runs)}: "
-            f"seeds {seeds})",
+    command = portable_command(cfg["command"], args.runs) if cfg.get("command") else "captioner train"
+    return [f"- Command: `{command}` (runs {', '.join(r.name for r in args.runs)}: seeds {seeds}; RUN and CACHE are "
+            "scripts/train_default.sh's run directory and feature cache)",
             "- Reproduce from scratch: `bash scripts/train_default.sh` (byte-identical on the same kind of machine)",
             f"- Training: {cfg['epochs']} cross-entropy epochs (teacher forcing, batch {cfg['batch_size']} whole "
             f"images, Adam lr {cfg['lr']}, {cfg['schedule']} schedule, clip-norm {cfg['clip_norm']}), the last "
