@@ -20,6 +20,32 @@ from captioner.config import Preprocess
 FILTER_SUPPORT = {"bilinear": 1.0, "bicubic": 2.0}  # half-widths of the filters at scale 1
 
 
+def check_interpolation(mode: str) -> None:
+    """Raise ``ValueError`` unless ``mode`` is an interpolation the preprocessing implements."""
+    if mode not in FILTER_SUPPORT:
+        raise ValueError(f"interpolation must be bilinear or bicubic, got {mode!r}")
+
+
+def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """``(width, height)`` after resizing the shorter side to ``size``, the longer one scaled and truncated (as
+    torchvision's ``Resize``)."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = size, int(size * long / short)
+    return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
+def crop_origin(width: int, height: int, crop: int, size: int) -> tuple[int, int]:
+    """The ``(top, left)`` of the center ``crop`` x ``crop`` of a resized ``width`` x ``height`` image.
+
+    Raises:
+        ValueError: the image (resized to ``size``) is smaller than the crop.
+    """
+    top, left = int(round((height - crop) / 2.0)), int(round((width - crop) / 2.0))
+    if top < 0 or left < 0:
+        raise ValueError(f"resize {size} leaves the image smaller than the crop {crop}")
+    return top, left
+
+
 def _filter(x: np.ndarray, mode: str) -> np.ndarray:
     """The antialiasing filter: triangle (bilinear) or Keys' cubic with a = -0.5 (bicubic, as PyTorch's
     antialiased kernel and Pillow use)."""
@@ -132,12 +158,8 @@ def resize_crop(pixels: np.ndarray, size: int, crop: int, mode: str) -> np.ndarr
         ValueError: the resized image is smaller than the crop.
     """
     height, width = pixels.shape[:2]
-    short, long = (width, height) if width <= height else (height, width)
-    new_short, new_long = size, int(size * long / short)
-    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
-    top, left = int(round((new_h - crop) / 2.0)), int(round((new_w - crop) / 2.0))
-    if top < 0 or left < 0:
-        raise ValueError(f"resize {size} leaves the image smaller than the crop {crop}")
+    new_w, new_h = resized_size(width, height, size)
+    top, left = crop_origin(new_w, new_h, crop, size)
     rows = (top, top + crop) if new_h == height else _rows_needed(height, new_h, mode, top, top + crop)
     planes = np.moveaxis(pixels[rows[0] : rows[1]], 2, 0).astype(np.float32)  # (3, rows, W)
     if new_w == width:
@@ -154,8 +176,7 @@ class ArrayTransform:
     [0, 1] and normalise, as a :class:`~captioner.config.Preprocess` records it."""
 
     def __init__(self, preprocess: Preprocess) -> None:
-        if preprocess.interpolation not in FILTER_SUPPORT:
-            raise ValueError(f"interpolation must be bilinear or bicubic, got {preprocess.interpolation!r}")
+        check_interpolation(preprocess.interpolation)
         self.preprocess = preprocess
         self.mean = np.asarray(preprocess.mean, dtype=np.float32).reshape(3, 1, 1)
         self.std = np.asarray(preprocess.std, dtype=np.float32).reshape(3, 1, 1)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from captioner.config import Preprocess
+from captioner.models.resample import check_interpolation, crop_origin, resized_size
 
 
 def make_transform(preprocess: Preprocess) -> Callable:
@@ -27,8 +28,7 @@ class ImageTransform:
     workers can pickle it."""
 
     def __init__(self, preprocess: Preprocess) -> None:
-        if preprocess.interpolation not in ("bilinear", "bicubic"):
-            raise ValueError(f"interpolation must be bilinear or bicubic, got {preprocess.interpolation!r}")
+        check_interpolation(preprocess.interpolation)
         self.preprocess = preprocess
         self.mean = torch.tensor(preprocess.mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(preprocess.std, dtype=torch.float32).view(3, 1, 1)
@@ -38,18 +38,14 @@ class ImageTransform:
         pixels = torch.as_tensor(np.array(image, dtype=np.uint8, copy=True)).view(height, width, 3)
         pixels = self._resize(pixels.permute(2, 0, 1))  # (3, H, W) uint8, channels-last in memory
         crop = self.preprocess.crop
-        top, left = int(round((pixels.shape[1] - crop) / 2.0)), int(round((pixels.shape[2] - crop) / 2.0))
-        if top < 0 or left < 0:
-            raise ValueError(f"resize {self.preprocess.resize} leaves the image smaller than the crop {crop}")
+        top, left = crop_origin(pixels.shape[2], pixels.shape[1], crop, self.preprocess.resize)
         pixels = pixels[:, top : top + crop, left : left + crop]
         return pixels.to(torch.float32).mul_(1.0 / 255).sub(self.mean).div(self.std)  # (3, crop, crop)
 
     def _resize(self, pixels: torch.Tensor) -> torch.Tensor:
         """Shorter side to ``resize`` (the longer one scaled and truncated), uint8 in and out ``(3, h, w)``."""
         _, height, width = pixels.shape
-        short, long = (width, height) if width <= height else (height, width)
-        new_short, new_long = self.preprocess.resize, int(self.preprocess.resize * long / short)
-        new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+        new_w, new_h = resized_size(width, height, self.preprocess.resize)
         if (new_h, new_w) == (height, width):
             return pixels
         batch = pixels.reshape(1, 3, height, width)
