@@ -7,14 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
+from captioner.arrays import as_array
 from captioner.models.base import DecoderStep
 from captioner.vocab import Vocabulary
-
-
-def _numpy(tensor: torch.Tensor):
-    return tensor.detach().cpu().contiguous().numpy()
 
 
 class TorchOrtDecoder:
@@ -35,13 +33,13 @@ class TorchOrtDecoder:
 
     def start(self, features: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
         """Context and initial state for features ``(B, D)`` or ``(B, L, C)``, as tensors."""
-        context, state = self.decoder.start(_numpy(features.float()))
+        context, state = self.decoder.start(as_array(features, np.float32))
         return tuple(map(torch.from_numpy, context)), tuple(map(torch.from_numpy, state))
 
     def step(self, tokens: torch.Tensor, context: tuple, state: tuple) -> DecoderStep:
         """One step on tensors: ids ``(B,)`` → logits ``(B, V)``, the new state, the weights ``(B, L)`` or None."""
-        logits, new_state, alpha = self.decoder.step(_numpy(tokens), tuple(map(_numpy, context)),
-                                                     tuple(map(_numpy, state)))
+        logits, new_state, alpha = self.decoder.step(as_array(tokens), tuple(map(as_array, context)),
+                                                     tuple(map(as_array, state)))
         return DecoderStep(torch.from_numpy(logits), tuple(map(torch.from_numpy, new_state)),
                            None if alpha is None else torch.from_numpy(alpha))
 
@@ -74,5 +72,3 @@ def compare_backends(model, onnx_model: Any, pixels: torch.Tensor, steps: int = 
         torch_state, ort_state = want.state, got.state
         tokens = want.logits.argmax(dim=-1)
     return {"features": feature_diff, "logits": logit_diff}
-
-

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from captioner.arrays import as_array
 from captioner.models.base import map_tensors, reorder_state, select_context
 
 
@@ -29,7 +30,7 @@ class TensorDecoder:
     def step(self, tokens: np.ndarray, context, state) -> tuple[np.ndarray, object, None]:
         """One step for ids ``(N,)``: float32 numpy logits ``(N, V)`` and the new state (tensors)."""
         out = self.decoder.step(torch.from_numpy(np.ascontiguousarray(tokens)).to(self.device), context, state)
-        return out.logits.detach().float().cpu().numpy(), out.state, None
+        return as_array(out.logits, np.float32), out.state, None
 
     def _index(self, index: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(index, dtype=np.int64)).to(self.device)
