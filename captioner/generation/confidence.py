@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from captioner.arrays import as_array, like
+from captioner.generation.tags import softmax
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +104,6 @@ def signal_rows(hypotheses: list, logits, features) -> np.ndarray:
         logits: the encoder's ImageNet logits ``(B, 1000)`` (a numpy array or a CPU tensor).
         features: the image features ``(B, D)`` or ``(B, L, C)``.
     """
-    from captioner.generation.tags import softmax
-
     lengths = np.array([len(h.tokens) + 1 for h in hypotheses], dtype=np.float32)  # <end> counts
     log_probs = np.array([h.log_prob for h in hypotheses], dtype=np.float32)
     top = softmax(as_array(logits, np.float32)).max(axis=1)
