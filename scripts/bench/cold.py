@@ -25,7 +25,6 @@ args = argparse.Namespace(backend=backend, model=model_name, device="cpu")
 if backend == "torch":
     from captioner.cli.common import load_captioner
     model = load_captioner(args); t.append(time.perf_counter()); t += [t[-1], t[-1]]  # one load
-    prepare = lambda picture: model.transform(picture).unsqueeze(0)
 else:
     from captioner.export.sessions import open_export
     opening = open_export(model_name)  # the graphs load on a thread meanwhile
@@ -33,12 +32,11 @@ else:
     t.append(time.perf_counter())
     opening.result(); t.append(time.perf_counter())
     model = load_onnx(model_name, opening=opening); t.append(time.perf_counter())
-    prepare = lambda picture: model.array_transform(picture)[None]
 from captioner.cli.common import generation_config
 from captioner.generation.config import with_model_defaults
 from captioner.images import load_image
 picture = load_image(image, min_side=model.config.preprocess.resize); t.append(time.perf_counter())
-pixels = prepare(picture); t.append(time.perf_counter())
+pixels = model.preprocess([picture]); t.append(time.perf_counter())  # (1, 3, H, W)
 features = model.encode(pixels); t.append(time.perf_counter())
 config = with_model_defaults(generation_config(argparse.Namespace(beam_size=3)), model.decoder)
 hyps = model.caption_features(features, config); t.append(time.perf_counter())
